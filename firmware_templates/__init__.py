@@ -1,0 +1,1 @@
+"""C runtime and per-family project templates, shipped as package data."""

@@ -1,0 +1,250 @@
+"""The `microfit` command: one verb per stage, `run` for all of them in order.
+
+Every verb but `run` and `targets` works on an existing run folder, reading the
+artifacts earlier verbs wrote there. Errors print one clear message (cause and
+fix) and exit with status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+from .errors import MicrofitError
+from .runfolder import RunFolder
+from .stages import DEFAULT_TARGET
+
+DESCRIPTION = """\
+microfit shrinks a PyTorch model until it fits a microcontroller (structured
+pruning, int8 quantization), generates plain C, builds the firmware and
+validates it on the device (or its emulator) over a serial link.
+
+Typical use:
+  microfit run --out runs/demo                  # default digits CNN on QEMU mps2-an386
+  microfit run --model net.py:make --data data.py:load --target qemu-mps2-an386 --out runs/x
+  microfit validate runs/x --port /dev/ttyACM0  # a real board
+"""
+
+
+def _add_run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder (made by `microfit train` or `run`)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model factory FILE.py:FUNCTION returning an nn.Module "
+                   "(default: the built-in digits CNN)")
+    p.add_argument("--data", help="data loader FILE.py:FUNCTION returning the splits "
+                   "(default: scikit-learn's digits, seeded split)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, init and training")
+
+
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mac-ratio", type=float, default=0.5,
+                   help="keep at most this fraction of the MACs (default 0.5: 2x fewer)")
+    p.add_argument("--finetune-epochs", type=int, default=15, help="fine-tuning epochs (default 15)")
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounding", choices=("double", "single"), default="double",
+                   help="requantization rounding: 'double' = TFLite Micro / CMSIS-NN (what devices "
+                   "run, default), 'single' = LiteRT interpreter")
+    p.add_argument("--calibration", choices=("minmax",), default="minmax",
+                   help="activation range calibration method")
+    p.add_argument("--calibration-samples", type=int, default=500,
+                   help="training samples used to calibrate (default 500)")
+
+
+def _add_target_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", help=f"board name from `microfit targets` (default {DEFAULT_TARGET})")
+
+
+def _add_validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", help="serial port of a real board (/dev/ttyACM0, socket://host:port, "
+                   "rfc2217://...); default: boot the board's emulator")
+    p.add_argument("--baud", type=int, default=115200, help="baud rate (default 115200)")
+    p.add_argument("--limit", type=int, help="validate only the first N test samples")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="microfit", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"microfit {__version__}")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("run", help="every stage in order: train, prune, quantize, generate, "
+                       "build, validate, report")
+    p.add_argument("--out", type=Path, default=Path("runs/run"), help="run folder (default runs/run)")
+    _add_train_args(p)
+    _add_prune_args(p)
+    _add_quant_args(p)
+    _add_target_arg(p)
+    _add_validate_args(p)
+
+    p = sub.add_parser("train", help="split the data and train the float model")
+    _add_run_arg(p)
+    _add_train_args(p)
+    p = sub.add_parser("prune", help="structured L1 filter pruning + fine-tuning, then ONNX export")
+    _add_run_arg(p)
+    _add_prune_args(p)
+    p = sub.add_parser("quantize", help="import float.onnx, calibrate and quantize to int8")
+    _add_run_arg(p)
+    _add_quant_args(p)
+    p = sub.add_parser("generate", help="generate C sources (model.h/.c, weights, memory plan)")
+    _add_run_arg(p)
+    _add_target_arg(p)
+    p = sub.add_parser("build", help="render the firmware project and compile it; check the fit")
+    _add_run_arg(p)
+    _add_target_arg(p)
+    p = sub.add_parser("emulate", help="boot the firmware in the board's emulator and serve its "
+                       "serial port until Ctrl-C")
+    _add_run_arg(p)
+    p = sub.add_parser("validate", help="send the test set to the device, compare with the "
+                       "reference, measure latency")
+    _add_run_arg(p)
+    _add_validate_args(p)
+    p = sub.add_parser("report", help="(re)write report.json / report.md and print the summary")
+    _add_run_arg(p)
+    sub.add_parser("targets", help="list the boards microfit knows, with their limits")
+    return parser
+
+
+def _step(console, title: str, fn: Callable[[], dict], quiet: bool) -> dict:
+    t0 = time.time()
+    if not quiet:
+        console.rule(f"[bold]{title}")
+    out = fn()
+    if not quiet:
+        console.print(f"[green]done[/green] {title} in {time.time() - t0:.1f} s")
+    return out
+
+
+def _cmd_targets(args, console) -> dict:
+    from rich.table import Table
+
+    from .target.boards import list_boards
+
+    boards = list_boards()
+    rows = [b.summary() if hasattr(b, "summary") else {"name": b.name} for b in boards]
+    if not args.json:
+        t = Table(title="microfit targets")
+        cols = list(rows[0].keys()) if rows else ["name"]
+        for c in cols:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*(str(r.get(c, "")) for c in cols))
+        console.print(t)
+    return {"targets": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    console = Console(stderr=True) if args.json else Console()
+    progress = not args.quiet and not args.json
+    from . import stages
+    from .report.report import print_summary, write_report
+
+    try:
+        result: dict
+        if args.verb == "targets":
+            result = _cmd_targets(args, console)
+        elif args.verb == "run":
+            run = RunFolder(args.out).ensure()
+            run.update_settings(target=args.target or DEFAULT_TARGET)
+            q = args.quiet or args.json
+            t0 = time.time()
+            _step(console, "train", lambda: stages.stage_train(
+                run, args.model, args.data, args.epochs, args.seed, progress), q)
+            _step(console, "prune", lambda: stages.stage_prune(
+                run, args.mac_ratio, args.finetune_epochs, args.seed, progress), q)
+            _step(console, "quantize", lambda: stages.stage_quantize(
+                run, args.rounding, args.calibration, args.calibration_samples), q)
+            _step(console, "generate", lambda: stages.stage_generate(run, args.target), q)
+            _step(console, "build", lambda: stages.stage_build(run, args.target), q)
+            _step(console, "validate", lambda: stages.stage_validate(
+                run, args.port, args.limit, progress, args.baud, args.timeout), q)
+            result = write_report(run)
+            result["wall_seconds"] = round(time.time() - t0, 1)
+            if not args.json:
+                print_summary(result, console)
+                console.print(f"report: {run.file('report.md')}  ({result['wall_seconds']} s)")
+        else:
+            run = RunFolder(args.run)
+            if args.verb == "train":
+                result = stages.stage_train(run, args.model, args.data, args.epochs, args.seed, progress)
+            elif args.verb == "prune":
+                result = stages.stage_prune(run, args.mac_ratio, args.finetune_epochs,
+                                            run.settings().get("seed", 0), progress)
+            elif args.verb == "quantize":
+                result = stages.stage_quantize(run, args.rounding, args.calibration,
+                                               args.calibration_samples)
+            elif args.verb == "generate":
+                result = stages.stage_generate(run, args.target)
+            elif args.verb == "build":
+                result = stages.stage_build(run, args.target)
+            elif args.verb == "emulate":
+                result = _emulate(run, console)
+            elif args.verb == "validate":
+                result = stages.stage_validate(run, args.port, args.limit, progress, args.baud,
+                                               args.timeout)
+            elif args.verb == "report":
+                result = write_report(run)
+                if not args.json:
+                    print_summary(result, console)
+            else:  # pragma: no cover - argparse rejects unknown verbs
+                parser.error(f"unknown verb {args.verb}")
+            if not args.json and args.verb not in ("report",):
+                console.print_json(json.dumps(_short(result), default=str))
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        return 0
+    except MicrofitError as exc:
+        if args.debug:
+            raise
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+def _short(result: dict) -> dict:
+    """Drop long per-sample lists from what is echoed on the terminal."""
+    return {k: v for k, v in result.items() if not (isinstance(v, list) and len(v) > 20)}
+
+
+def _emulate(run: RunFolder, console) -> dict:
+    from .emulate.qemu import QemuSession
+    from .target.boards import load_board
+
+    board = load_board(run.settings().get("target") or DEFAULT_TARGET)
+    elf = Path(run.read_json("build.json")["elf"])
+    with QemuSession(board, elf) as url:
+        console.print(f"{board.name} is running {elf}; serial port: [bold]{url}[/bold]")
+        console.print(f"validate it from another shell: microfit validate {run.path} --port {url}")
+        console.print("Ctrl-C stops the emulator.")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return {"stopped": True}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

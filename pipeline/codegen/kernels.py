@@ -1,0 +1,162 @@
+"""One emitter per IR op: constant params struct + the kernel call.
+
+Each emitter returns the C statements of one step of ``model_invoke``. Params
+structs are ``static const ... MF_CONST`` (in flash, PROGMEM on AVR), filled
+with C99 designated initialisers so a reader sees what every number means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import UnsupportedOpError
+from ..ir.graph import Node
+from ..quantize.params import KernelParams
+
+
+def _struct(ctype: str, var: str, fields: dict[str, int]) -> str:
+    body = ", ".join(f".{k} = {int(v)}" for k, v in fields.items())
+    return f"        static const {ctype} {var} MF_CONST = {{{body}}};"
+
+
+def _hw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) == 4:
+        return shape[1], shape[2], shape[3]
+    if len(shape) == 2:
+        return 1, 1, shape[1]
+    raise UnsupportedOpError(f"unexpected activation rank {len(shape)}")
+
+
+def _weights(em, node: Node, p: KernelParams) -> tuple[str, str, str, str]:
+    g = em.g
+    w = g.tensors[node.inputs[1]]
+    b = g.tensors[node.inputs[2]]
+    wn = em.array("int8_t", w.name, w.data.astype(np.int8))
+    bn = em.array("int32_t", b.name, b.data.astype(np.int32))
+    mn = em.array("int32_t", f"{node.name}_multiplier", p.multiplier)
+    sn = em.array("int32_t", f"{node.name}_shift", p.shift)
+    return wn, bn, mn, sn
+
+
+def _check_u16(node: Node, **vals: int) -> None:
+    for k, v in vals.items():
+        if not 0 <= int(v) <= 0xFFFF:
+            raise UnsupportedOpError(f"'{node.name}': {k}={v} exceeds the runtime's 16-bit limit")
+
+
+def emit_conv(em, idx: int, node: Node, p: KernelParams) -> str:
+    g = em.g
+    ih, iw, ic = _hw(g.tensors[node.inputs[0]].shape)
+    oh, ow, oc = _hw(g.tensors[node.outputs[0]].shape)
+    w = g.tensors[node.inputs[1]].shape
+    a = node.attrs
+    fields = dict(in_h=ih, in_w=iw, in_c=ic, out_h=oh, out_w=ow, out_c=oc, k_h=w[1], k_w=w[2],
+                  stride_h=a["stride"][0], stride_w=a["stride"][1],
+                  dilation_h=a["dilation"][0], dilation_w=a["dilation"][1],
+                  pad_top=a["padding"][0], pad_left=a["padding"][1])
+    _check_u16(node, **fields)
+    fields.update(input_offset=p.input_offset, output_offset=p.output_offset,
+                  act_min=p.act_min, act_max=p.act_max)
+    wn, bn, mn, sn = _weights(em, node, p)
+    return "\n".join([
+        "    {",
+        _struct("mf_conv2d_params", "p", fields),
+        f"        mf_conv2d_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
+        f"{em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
+def emit_dwconv(em, idx: int, node: Node, p: KernelParams) -> str:
+    g = em.g
+    ih, iw, ic = _hw(g.tensors[node.inputs[0]].shape)
+    oh, ow, _ = _hw(g.tensors[node.outputs[0]].shape)
+    w = g.tensors[node.inputs[1]].shape
+    a = node.attrs
+    fields = dict(in_h=ih, in_w=iw, in_c=ic, out_h=oh, out_w=ow,
+                  depth_multiplier=a.get("depth_multiplier", 1), k_h=w[1], k_w=w[2],
+                  stride_h=a["stride"][0], stride_w=a["stride"][1],
+                  dilation_h=a["dilation"][0], dilation_w=a["dilation"][1],
+                  pad_top=a["padding"][0], pad_left=a["padding"][1])
+    _check_u16(node, **fields)
+    fields.update(input_offset=p.input_offset, output_offset=p.output_offset,
+                  act_min=p.act_min, act_max=p.act_max)
+    wn, bn, mn, sn = _weights(em, node, p)
+    return "\n".join([
+        "    {",
+        _struct("mf_depthwise_conv2d_params", "p", fields),
+        f"        mf_depthwise_conv2d_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
+        f"{em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
+def emit_fc(em, idx: int, node: Node, p: KernelParams) -> str:
+    w = em.g.tensors[node.inputs[1]].shape
+    fields = dict(in_features=w[1], out_features=w[0], input_offset=p.input_offset,
+                  output_offset=p.output_offset, act_min=p.act_min, act_max=p.act_max)
+    wn, bn, mn, sn = _weights(em, node, p)
+    return "\n".join([
+        "    {",
+        _struct("mf_fully_connected_params", "p", fields),
+        f"        mf_fully_connected_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
+        f"{em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
+def _emit_pool(fn: str) -> Callable:
+    def emit(em, idx: int, node: Node, p: KernelParams) -> str:
+        g = em.g
+        ih, iw, ic = _hw(g.tensors[node.inputs[0]].shape)
+        oh, ow, _ = _hw(g.tensors[node.outputs[0]].shape)
+        a = node.attrs
+        fields = dict(in_h=ih, in_w=iw, channels=ic, out_h=oh, out_w=ow,
+                      k_h=a["filter"][0], k_w=a["filter"][1],
+                      stride_h=a["stride"][0], stride_w=a["stride"][1],
+                      pad_top=a["padding"][0], pad_left=a["padding"][1])
+        _check_u16(node, **fields)
+        fields.update(act_min=p.act_min, act_max=p.act_max)
+        return "\n".join([
+            "    {",
+            _struct("mf_pool2d_params", "p", fields),
+            f"        {fn}(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
+            "    }",
+        ])
+    return emit
+
+
+def emit_add(em, idx: int, node: Node, p: KernelParams) -> str:
+    x = p.extra
+    size = em.g.tensors[node.outputs[0]].size
+    fields = dict(size=size, input1_offset=x["input1_offset"], input2_offset=x["input2_offset"],
+                  left_shift=x["left_shift"],
+                  input1_multiplier=x["input1_multiplier"], input1_shift=x["input1_shift"],
+                  input2_multiplier=x["input2_multiplier"], input2_shift=x["input2_shift"],
+                  output_multiplier=x["output_multiplier"], output_shift=x["output_shift"],
+                  output_offset=p.output_offset, act_min=p.act_min, act_max=p.act_max)
+    return "\n".join([
+        "    {",
+        _struct("mf_add_params", "p", fields),
+        f"        mf_add_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.inputs[1])}, "
+        f"{em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
+def emit_reshape(em, idx: int, node: Node, p: KernelParams) -> str:
+    # A view: the planner gave output and input the same arena bytes.
+    return ""
+
+
+EMITTERS: dict[str, Callable] = {
+    "CONV_2D": emit_conv,
+    "DEPTHWISE_CONV_2D": emit_dwconv,
+    "FULLY_CONNECTED": emit_fc,
+    "MAX_POOL_2D": _emit_pool("mf_max_pool2d_s8"),
+    "AVERAGE_POOL_2D": _emit_pool("mf_avg_pool2d_s8"),
+    "ADD": emit_add,
+    "RESHAPE": emit_reshape,
+}

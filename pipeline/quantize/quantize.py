@@ -1,0 +1,152 @@
+"""Float IR -> int8 IR, with TFLite's int8 scheme.
+
+- weights: int8, symmetric, per output channel (zero point 0, range -127..127);
+- activations: int8, asymmetric, per tensor, ranges calibrated on data;
+- biases: int32 with scale = input scale x weight scale (per channel);
+- ops that TFLite requires to keep their input's scale (max pool, average
+  pool, reshape) share it; SOFTMAX outputs scale 1/256, zero point -128.
+
+Calibration observes every activation tensor of the float graph (post fused
+activation) over the calibration batch with the chosen method ("minmax" for
+now; the quantization issue adds moving average, percentile and MSE).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import QuantizationError
+from ..ir.graph import Graph, QuantParams, Tensor
+from ..reference.float_exec import run_float
+from .fixedpoint import ROUNDING_MODES, tflite_round
+
+#: Ops whose output must use exactly the input's quantization (TFLite's rule).
+SAME_SCALE_OPS = ("MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE")
+CALIBRATION_METHODS = ("minmax",)
+
+
+@dataclass
+class QuantizeConfig:
+    rounding: str = "double"
+    calibration: str = "minmax"
+    calibration_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.rounding not in ROUNDING_MODES:
+            raise QuantizationError(f"rounding must be one of {ROUNDING_MODES}, got {self.rounding!r}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise QuantizationError(
+                f"calibration method {self.calibration!r} is not available; use one of "
+                f"{CALIBRATION_METHODS}")
+
+
+def activation_qparams(lo: float, hi: float) -> QuantParams:
+    """Asymmetric int8 parameters covering [lo, hi] (widened to include 0, as TFLite does)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= 0:
+        hi = lo + 1e-6  # a constant-zero tensor: any scale represents it exactly
+    scale = np.float32((hi - lo) / 255.0)
+    zp = int(tflite_round(-128.0 - lo / float(scale)))
+    zp = max(-128, min(127, zp))
+    return QuantParams(np.array([scale], np.float32), np.array([zp]))
+
+
+def quantize_weights_per_channel(w: np.ndarray) -> tuple[np.ndarray, QuantParams]:
+    """Symmetric int8 per output channel (axis 0 for conv/fc, 3 for depthwise)."""
+    axis = 0
+    if w.ndim == 4 and w.shape[0] == 1:  # depthwise [1, KH, KW, C]
+        axis = 3
+    moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1)
+    # An all-zero channel keeps scale 1 so its bias still quantizes sanely.
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.astype(np.float64).reshape(shape)), -127, 127).astype(np.int8)
+    return q, QuantParams(scale, np.zeros_like(scale, dtype=np.int64), axis)
+
+
+def quantize_input(x: np.ndarray, q: QuantParams) -> np.ndarray:
+    """Float inputs -> int8, rounding half away from zero (as TFLite's QUANTIZE)."""
+    s = float(q.scale[0])
+    v = np.asarray(x, dtype=np.float64) / s
+    v = np.sign(v) * np.floor(np.abs(v) + 0.5) + int(q.zero_point[0])
+    return np.clip(v, -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, qp: QuantParams) -> np.ndarray:
+    return (q.astype(np.float64) - int(qp.zero_point[0])) * float(qp.scale[0])
+
+
+def calibrate(graph: Graph, calib_x: np.ndarray, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
+    """Observed (min, max) of every activation tensor over the calibration data."""
+    if calib_x is None or len(calib_x) == 0:
+        raise QuantizationError("calibration set is empty: give at least one input sample")
+    ranges: dict[str, tuple[float, float]] = {}
+    for start in range(0, len(calib_x), config.calibration_batch):
+        values = run_float(graph, calib_x[start:start + config.calibration_batch], keep_all=True)
+        for name, v in values.items():
+            lo, hi = float(np.min(v)), float(np.max(v))
+            if name in ranges:
+                lo, hi = min(lo, ranges[name][0]), max(hi, ranges[name][1])
+            ranges[name] = (lo, hi)
+    return ranges
+
+
+def quantize(graph: Graph, calib_x: np.ndarray, config: QuantizeConfig | None = None) -> Graph:
+    """Return the int8 twin of a float IR graph, calibrated on ``calib_x`` (IR layout)."""
+    config = config or QuantizeConfig()
+    ranges = calibrate(graph, calib_x, config)
+    q = Graph({}, copy.deepcopy(graph.nodes), list(graph.inputs), list(graph.outputs),
+              dict(graph.meta))
+    qparams: dict[str, QuantParams] = {}
+    producers = graph.producers()
+    for name in graph.activation_tensors():
+        node = producers.get(name)
+        if node is not None and node.op in SAME_SCALE_OPS:
+            qparams[name] = qparams[node.inputs[0]]
+        elif node is not None and node.op == "SOFTMAX":
+            qparams[name] = QuantParams(np.array([1.0 / 256.0], np.float32), np.array([-128]))
+        else:
+            qparams[name] = activation_qparams(*ranges[name])
+        t = graph.tensors[name]
+        q.tensors[name] = Tensor(name, t.shape, "int8", None, qparams[name])
+
+    for node in graph.nodes:
+        if node.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            w = graph.tensors[node.inputs[1]]
+            b = graph.tensors[node.inputs[2]]
+            wq, wqp = quantize_weights_per_channel(w.data.astype(np.float64))
+            q.tensors[w.name] = Tensor(w.name, w.shape, "int8", wq, wqp)
+            in_scale = float(qparams[node.inputs[0]].scale[0])
+            bias_scale = in_scale * wqp.scale.astype(np.float64)
+            bq = np.round(b.data.astype(np.float64) / bias_scale)
+            if np.any(np.abs(bq) > 2**31 - 1):
+                raise QuantizationError(f"bias of '{node.name}' overflows int32 after quantization; "
+                                        "the layer's weights are nearly zero")
+            q.tensors[b.name] = Tensor(b.name, b.shape, "int32", bq.astype(np.int32),
+                                       QuantParams(bias_scale.astype(np.float32),
+                                                   np.zeros_like(bias_scale, dtype=np.int64), 0))
+        else:
+            for i in node.inputs:
+                if graph.tensors[i].is_const:
+                    raise QuantizationError(f"'{node.name}' ({node.op}) has a constant input "
+                                            f"'{i}' microfit cannot quantize yet")
+    q.meta["rounding"] = config.rounding
+    q.meta["calibration"] = config.calibration
+    q.meta["calibration_samples"] = int(len(calib_x))
+    return q
+
+
+def activation_range(qp: QuantParams, activation: str) -> tuple[int, int]:
+    """int8 clamp bounds that implement a fused activation (TFLite's rule)."""
+    scale, zp = float(qp.scale[0]), int(qp.zero_point[0])
+    lo, hi = -128, 127
+    if activation in ("RELU", "RELU6"):
+        lo = max(lo, zp + int(tflite_round(0.0 / scale)))
+    if activation == "RELU6":
+        hi = min(hi, zp + int(tflite_round(6.0 / scale)))
+    return lo, hi

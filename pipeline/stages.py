@@ -1,0 +1,217 @@
+"""The stages of ``microfit run``, each reading and writing the run folder.
+
+Each function here is what one CLI verb does. They exchange nothing but files
+in the run folder (see runfolder.py), so each can be re-run alone.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MicrofitError
+from .runfolder import RunFolder
+
+DEFAULT_TARGET = "qemu-mps2-an386"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _load_model(run: RunFolder, weights: str):
+    """Rebuild a model from the run's factory and load a saved state_dict."""
+    import torch
+
+    from .prune import apply_plan, load_plan
+    from .train.models import load_model_factory, make_default_model
+
+    s = run.settings()
+    factory = load_model_factory(s["model"]) if s.get("model") else make_default_model
+    model = factory()
+    if weights == "pruned.pt":
+        model = apply_plan(model, load_plan(run.need("prune_plan.json")))
+    state = torch.load(run.need(weights), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def stage_train(run: RunFolder, model: str | None = None, data: str | None = None,
+                epochs: int = 30, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    import torch
+
+    from .train.data import load_digits_splits, load_user_data, save_splits
+    from .train.fit import evaluate, train
+    from .train.models import load_model_factory, make_default_model
+
+    run.ensure()
+    s = run.update_settings(model=model, data=data, seed=seed)
+    torch.manual_seed(seed)
+    splits = load_user_data(s["data"]) if s.get("data") else load_digits_splits(seed=seed)
+    save_splits(splits, run.file("data.npz"))
+    factory = load_model_factory(s["model"]) if s.get("model") else make_default_model
+    net = factory()
+    t0 = time.time()
+    result = train(net, splits, epochs=epochs, seed=seed, progress=progress)
+    torch.save(net.state_dict(), run.file("float.pt"))
+    test_acc = evaluate(net, splits.x_test, splits.y_test)
+    info = {
+        "epochs": epochs,
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.val_acc,
+        "test_accuracy": test_acc,
+        "train_seconds": round(time.time() - t0, 2),
+        "splits": {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test)},
+    }
+    run.write_json("train.json", info)
+    return info
+
+
+def stage_prune(run: RunFolder, target_mac_ratio: float = 0.5, finetune_epochs: int = 15,
+                seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    import torch
+
+    from .export.onnx_export import export_onnx
+    from .prune import count_macs_params, prune, save_plan
+    from .train.data import load_splits
+    from .train.fit import evaluate
+
+    splits = load_splits(run.need("data.npz"))
+    model = _load_model(run, "float.pt")
+    shape = (1,) + tuple(splits.input_shape)
+    float_acc = evaluate(model, splits.x_test, splits.y_test)
+    t0 = time.time()
+    res = prune(model, splits, target_mac_ratio=target_mac_ratio,
+                finetune_epochs=finetune_epochs, seed=seed, progress=progress)
+    save_plan(res.plan, run.file("prune_plan.json"))
+    torch.save(res.model.state_dict(), run.file("pruned.pt"))
+    pruned_acc = evaluate(res.model, splits.x_test, splits.y_test)
+    export_onnx(res.model, shape, run.file("float.onnx"))
+    macs, params = count_macs_params(res.model, shape)
+    info = {
+        "target_mac_ratio": target_mac_ratio,
+        "finetune_epochs": finetune_epochs,
+        "macs_before": res.macs_before, "macs_after": res.macs_after,
+        "params_before": res.params_before, "params_after": res.params_after,
+        "mac_ratio": res.macs_after / max(res.macs_before, 1),
+        "float_test_accuracy": float_acc,
+        "pruned_test_accuracy": pruned_acc,
+        "prune_seconds": round(time.time() - t0, 2),
+    }
+    assert macs == res.macs_after and params == res.params_after, "MAC count mismatch"
+    run.write_json("prune.json", info)
+    return info
+
+
+def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = "minmax",
+                   calibration_samples: int = 500) -> dict[str, Any]:
+    from .ir.graph import Graph
+    from .ir.onnx_import import import_onnx, nchw_to_ir
+    from .quantize.quantize import QuantizeConfig, quantize, quantize_input
+    from .reference.executor import run_int8
+    from .reference.float_exec import run_float
+    from .train.data import load_splits
+
+    splits = load_splits(run.need("data.npz"))
+    fgraph: Graph = import_onnx(run.need("float.onnx"))
+    # Calibrate on training data only: the test split stays unseen.
+    calib = nchw_to_ir(splits.x_train[:calibration_samples])
+    qgraph = quantize(fgraph, calib, QuantizeConfig(rounding=rounding, calibration=calibration))
+    qgraph.save(run.file("quant.json"), run.file("quant.npz"))
+    x_test = nchw_to_ir(splits.x_test)
+    float_pred = run_float(fgraph, x_test).argmax(-1)
+    xq = quantize_input(x_test, qgraph.tensors[qgraph.inputs[0]].quant)
+    out = run_int8(qgraph, xq)
+    int8_pred = out.reshape(len(out), -1).argmax(-1)
+    info = {
+        "rounding": rounding,
+        "calibration": calibration,
+        "calibration_samples": int(len(calib)),
+        "ir_float_test_accuracy": float(np.mean(float_pred == splits.y_test)),
+        "int8_test_accuracy": float(np.mean(int8_pred == splits.y_test)),
+        "int8_float_top1_agreement": float(np.mean(int8_pred == float_pred)),
+        "macs": qgraph.macs(),
+        "params": qgraph.params(),
+        "nodes": [f"{n.op} {n.name}" for n in qgraph.nodes],
+    }
+    run.write_json("quantize.json", info)
+    return info
+
+
+def stage_generate(run: RunFolder, target: str | None = None) -> dict[str, Any]:
+    from .codegen.generate import generate
+    from .ir.graph import Graph
+
+    target = target or run.settings().get("target") or DEFAULT_TARGET
+    run.update_settings(target=target)
+    qgraph = Graph.load(run.need("quant.json"), run.need("quant.npz"))
+    gen = generate(qgraph, run.file("generated"), board_name=target)
+    info = gen.summary()
+    run.write_json("generate.json", info)
+    return info
+
+
+def stage_build(run: RunFolder, target: str | None = None) -> dict[str, Any]:
+    from .build.firmware import build_firmware
+    from .target.boards import load_board
+    from .target.project import render_project
+
+    target = target or run.settings().get("target") or DEFAULT_TARGET
+    run.update_settings(target=target)
+    board = load_board(target)
+    project = render_project(board, run.need("generated"), run.file("firmware"))
+    res = build_firmware(project, board)
+    info = res.to_json() if hasattr(res, "to_json") else dict(res.__dict__)
+    info["board"] = board.name
+    run.write_json("build.json", info)
+    return info
+
+
+def stage_validate(run: RunFolder, port: str | None = None, limit: int | None = None,
+                   progress: bool = True, baud: int = 115200, timeout: float = 10.0) -> dict[str, Any]:
+    from contextlib import nullcontext
+
+    from .emulate.qemu import QemuSession
+    from .harness.client import DeviceClient
+    from .harness.validate import validate
+    from .ir.graph import Graph
+    from .ir.onnx_import import nchw_to_ir
+    from .quantize.quantize import quantize_input
+    from .reference.executor import run_int8
+    from .target.boards import load_board
+    from .train.data import load_splits
+
+    s = run.settings()
+    board = load_board(s.get("target") or DEFAULT_TARGET)
+    qgraph = Graph.load(run.need("quant.json"), run.need("quant.npz"))
+    splits = load_splits(run.need("data.npz"))
+    x = nchw_to_ir(splits.x_test)
+    y = splits.y_test
+    if limit:
+        x, y = x[:limit], y[:limit]
+    xq = quantize_input(x, qgraph.tensors[qgraph.inputs[0]].quant)
+    expected = run_int8(qgraph, xq)
+    elf = Path(run.read_json("build.json")["elf"])
+    if port is None and getattr(board, "emulator", None) is None:
+        raise MicrofitError(f"board {board.name} has no emulator: give --port (e.g. /dev/ttyACM0) "
+                            "for the real board")
+    ctx = QemuSession(board, elf) if port is None else nullcontext(port)
+    with ctx as url:
+        client = DeviceClient(url, baud=baud, timeout=timeout)
+        try:
+            info = client.hello(expected_hash=qgraph.content_hash()[:8])
+            res = validate(client, xq.reshape(len(xq), -1), labels=y,
+                           expected=expected.reshape(len(expected), -1), progress=progress)
+        finally:
+            client.close()
+    out = res.to_json() if hasattr(res, "to_json") else dict(res.__dict__)
+    out["device"] = info.to_json() if hasattr(info, "to_json") else dict(info.__dict__)
+    out["port"] = port or "qemu"
+    run.write_json("validate.json", out)
+    return out

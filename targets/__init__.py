@@ -1,0 +1,1 @@
+"""Board description files (one TOML per board), shipped as package data."""
