@@ -1,0 +1,675 @@
+"""C runtime kernels == numpy integer reference, byte for byte, under ASan+UBSan.
+
+Hundreds of random cases per kernel (odd shapes, strides, dilations,
+asymmetric padding, zero points, per-channel multipliers, activation ranges)
+go through one sanitized C driver per rounding mode (tests/c/kernel_driver.c)
+and are compared with microfit.reference.ops. Every array the driver hands a
+kernel is its own exactly sized heap block, so an out-of-bounds access fails
+the run. The runtime must also compile for Cortex-M4 and ATmega328P.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from microfit.build.host import compile_host, runtime_dir, runtime_sources
+from microfit.errors import BuildError, ToolchainMissingError
+from microfit.quantize.fixedpoint import INT32_MAX, ROUNDING_MODES, quantize_multiplier
+from microfit.reference import ops
+
+DRIVER_SRC = Path(__file__).parent / "c" / "kernel_driver.c"
+N_CASES = 300
+
+OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_ADD_IN_PLACE = range(1, 8)
+
+
+# --------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class Case:
+    """One kernel call: what the driver gets, and how the reference answers it."""
+
+    op: int
+    params: list[int]
+    arrays: list[np.ndarray | None]
+    reference: Callable[[str], np.ndarray]  # mode -> int8 output of microfit.reference.ops
+    info: dict = field(default_factory=dict)
+
+    def expected(self, mode: str) -> np.ndarray:
+        return np.ascontiguousarray(self.reference(mode), dtype=np.int8).ravel()
+
+
+def _pack(cases: list[Case], out_sizes: list[int]) -> bytes:
+    parts = []
+    for case, out_size in zip(cases, out_sizes, strict=True):
+        words = [case.op, len(case.params), *case.params, len(case.arrays)]
+        parts.append(struct.pack(f"<{len(words)}i", *words))
+        for a in case.arrays:
+            if a is None:
+                parts.append(struct.pack("<i", -1))
+                continue
+            data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+            parts.append(struct.pack("<i", len(data)))
+            parts.append(data)
+        parts.append(struct.pack("<i", out_size))
+    return b"".join(parts)
+
+
+def _run_raw(driver: Path, blob: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([str(driver)], input=blob, capture_output=True, timeout=300,
+                          env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
+
+
+def run_driver(driver: Path, cases: list[Case], out_sizes: list[int]) -> list[np.ndarray]:
+    """Run every case through the C driver; return each case's output bytes as int8."""
+    proc = _run_raw(driver, _pack(cases, out_sizes))
+    assert proc.returncode == 0, (f"driver failed (exit {proc.returncode}):\n"
+                                  f"{proc.stderr.decode(errors='replace')[-4000:]}")
+    assert len(proc.stdout) == sum(out_sizes), "driver wrote the wrong number of bytes"
+    out = np.frombuffer(proc.stdout, dtype=np.int8)
+    return np.split(out, np.cumsum(out_sizes)[:-1])
+
+
+@pytest.fixture(scope="module")
+def kernel_driver(tmp_path_factory) -> Callable[[str], Path]:
+    """The sanitized driver for a rounding mode, built once per module and mode."""
+    built: dict[str, Path] = {}
+
+    def get(mode: str) -> Path:
+        if mode not in built:
+            out = tmp_path_factory.mktemp("kernels") / f"kernel_driver_{mode}"
+            defines = {"MF_SINGLE_ROUNDING": "1"} if mode == "single" else {}
+            try:
+                built[mode] = compile_host([DRIVER_SRC, *runtime_sources()], out,
+                                           [runtime_dir() / "include"], defines=defines,
+                                           extra_flags=("-pedantic",))
+            except ToolchainMissingError as exc:
+                pytest.skip(str(exc))
+        return built[mode]
+
+    return get
+
+
+# --------------------------------------------------------------------------
+# random cases
+
+
+def _s8(rng: np.random.Generator, shape, lo: int = -128) -> np.ndarray:
+    return rng.integers(lo, 128, size=shape).astype(np.int8)
+
+
+def _zero_points(rng: np.random.Generator) -> tuple[int, int]:
+    """(input_offset, output_offset), now and then at the ends of the range."""
+    zin, zout = (int(rng.choice([-128, 127, 0])) if rng.random() < 0.15 else int(rng.integers(-128, 128))
+                 for _ in range(2))
+    return -zin, zout
+
+
+def _act_range(rng: np.random.Generator, output_offset: int) -> tuple[int, int]:
+    r = rng.random()
+    if r < 0.4:
+        return -128, 127
+    if r < 0.65:  # ReLU
+        return output_offset, 127
+    if r < 0.75:  # ReLU6-like
+        return output_offset, int(min(127, output_offset + rng.integers(1, 160)))
+    if r < 0.85:  # degenerate and narrow ranges
+        lo = int(rng.integers(-128, 128))
+        return lo, int(rng.integers(lo, min(lo + 8, 127) + 1))
+    lo = int(rng.integers(-128, 64))
+    return lo, int(rng.integers(lo + 16, 128))
+
+
+def _requant(rng: np.random.Generator, n: int, dot_rms: float,
+             bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel multiplier/shift spreading accumulators over int8, plus odd extremes."""
+    acc_rms = float(np.hypot(dot_rms, _rms(bias) if bias is not None else 0.0))
+    per_tensor = rng.random() < 0.2
+    mult, shift = [], []
+    for _ in range(n):
+        if per_tensor and mult:
+            mult.append(mult[0])
+            shift.append(shift[0])
+        elif rng.random() < 0.06:  # anything the kernels accept
+            mult.append(int(rng.integers(0, INT32_MAX, endpoint=True)))
+            shift.append(int(rng.integers(-31, 31)))
+        else:
+            real = 40.0 / max(acc_rms, 1.0) * 2.0 ** rng.uniform(-1.5, 1.5)
+            m, s = quantize_multiplier(real)
+            mult.append(m)
+            shift.append(s)
+    return np.array(mult, dtype=np.int32), np.array(shift, dtype=np.int32)
+
+
+def _bias(rng: np.random.Generator, n: int) -> np.ndarray | None:
+    if rng.random() < 0.2:
+        return None
+    bits = int(rng.integers(4, 21))
+    return rng.integers(-(1 << bits), 1 << bits, size=n).astype(np.int32)
+
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a.astype(np.float64))))) if a.size else 0.0
+
+
+def _window_geometry(rng: np.random.Generator, max_k: int, allow_dilation: bool,
+                     max_pad: Callable[[int], int]):
+    """Random input size, kernel, stride, dilation, padding that give >= 1 output."""
+    while True:
+        h, w = (int(v) for v in rng.integers(1, 13, 2))
+        kh, kw = (int(v) for v in rng.integers(1, max_k + 1, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+        dh, dw = (int(v) for v in rng.integers(1, 3, 2)) if allow_dilation else (1, 1)
+        if rng.random() < 0.3:
+            top, bottom = ops.same_padding(h, kh, sh, dh)
+            left, right = ops.same_padding(w, kw, sw, dw)
+        else:
+            top, bottom = (int(rng.integers(0, max_pad(kh) + 1)) for _ in range(2))
+            left, right = (int(rng.integers(0, max_pad(kw) + 1)) for _ in range(2))
+        try:
+            oh = ops.output_size(h, kh, sh, dh, top, bottom)
+            ow = ops.output_size(w, kw, sw, dw, left, right)
+        except ValueError:
+            continue
+        return h, w, (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right), (oh, ow)
+
+
+def conv2d_case(rng: np.random.Generator) -> Case:
+    h, w, k, st, dil, pad, (oh, ow) = _window_geometry(rng, 5, True, lambda k: 3)
+    cin, cout = (int(v) for v in rng.integers(1, 9, 2))
+    x = _s8(rng, (1, h, w, cin))
+    wt = _s8(rng, (cout, *k, cin), lo=-128 if rng.random() < 0.2 else -127)
+    bias = _bias(rng, cout)
+    in_off, out_off = _zero_points(rng)
+    act = _act_range(rng, out_off)
+    acc_rms = np.sqrt(k[0] * k[1] * cin) * _rms(x.astype(np.int32) + in_off) * _rms(wt)
+    mult, shift = _requant(rng, cout, acc_rms, bias)
+    kw = dict(input_offset=in_off, output_offset=out_off, multiplier=mult, shift=shift,
+              stride=st, dilation=dil, padding=pad, act_min=act[0], act_max=act[1])
+    params = [h, w, cin, oh, ow, cout, *k, *st, *dil, pad[0], pad[1], in_off, out_off, *act]
+    return Case(OP_CONV2D, params, [x, wt, bias, mult, shift],
+                lambda mode: ops.conv2d_s8(x, wt, bias, mode=mode, **kw), info=kw)
+
+
+def depthwise_conv2d_case(rng: np.random.Generator) -> Case:
+    h, w, k, st, dil, pad, (oh, ow) = _window_geometry(rng, 5, True, lambda k: 3)
+    cin, dm = int(rng.integers(1, 9)), int(rng.integers(1, 4))
+    x = _s8(rng, (1, h, w, cin))
+    wt = _s8(rng, (1, *k, cin * dm), lo=-128 if rng.random() < 0.2 else -127)
+    bias = _bias(rng, cin * dm)
+    in_off, out_off = _zero_points(rng)
+    act = _act_range(rng, out_off)
+    acc_rms = np.sqrt(k[0] * k[1]) * _rms(x.astype(np.int32) + in_off) * _rms(wt)
+    mult, shift = _requant(rng, cin * dm, acc_rms, bias)
+    kw = dict(input_offset=in_off, output_offset=out_off, multiplier=mult, shift=shift,
+              stride=st, dilation=dil, padding=pad, act_min=act[0], act_max=act[1])
+    params = [h, w, cin, oh, ow, dm, *k, *st, *dil, pad[0], pad[1], in_off, out_off, *act]
+    return Case(OP_DWCONV2D, params, [x, wt, bias, mult, shift],
+                lambda mode: ops.depthwise_conv2d_s8(x, wt, bias, mode=mode, **kw), info=kw)
+
+
+def fully_connected_case(rng: np.random.Generator) -> Case:
+    cin = int(rng.integers(1, 301)) if rng.random() < 0.8 else int(rng.integers(1, 9))
+    cout = int(rng.integers(1, 25))
+    x = _s8(rng, (1, cin))
+    wt = _s8(rng, (cout, cin), lo=-128 if rng.random() < 0.2 else -127)
+    bias = _bias(rng, cout)
+    in_off, out_off = _zero_points(rng)
+    act = _act_range(rng, out_off)
+    mult, shift = _requant(rng, cout, np.sqrt(cin) * _rms(x.astype(np.int32) + in_off) * _rms(wt),
+                           bias)
+    kw = dict(input_offset=in_off, output_offset=out_off, multiplier=mult, shift=shift,
+              act_min=act[0], act_max=act[1])
+    params = [cin, cout, in_off, out_off, *act]
+    return Case(OP_FC, params, [x, wt, bias, mult, shift],
+                lambda mode: ops.fully_connected_s8(x, wt, bias, mode=mode, **kw), info=kw)
+
+
+def _pool_case(rng: np.random.Generator, op: int) -> Case:
+    is_max = op == OP_MAXPOOL
+    while True:
+        if not is_max and rng.random() < 0.15:  # global average pooling
+            h, w = (int(v) for v in rng.integers(1, 13, 2))
+            k, st, pad, (oh, ow) = (h, w), (1, 1), (0, 0, 0, 0), (1, 1)
+        else:
+            # Max pool may pad by a whole window (an empty window -> clamp(-128));
+            # average pooling rejects that, so its padding stays below the window.
+            h, w, k, st, _, pad, (oh, ow) = _window_geometry(
+                rng, 4, False, (lambda k: k) if is_max else (lambda k: k - 1))
+        c = int(rng.integers(1, 11))
+        x = _s8(rng, (1, h, w, c))
+        act = _act_range(rng, int(rng.integers(-128, 128)))
+        kw = dict(kernel=k, stride=st, padding=pad, act_min=act[0], act_max=act[1])
+        try:
+            (ops.max_pool2d_s8 if is_max else ops.avg_pool2d_s8)(x, **kw)
+        except ValueError:  # an all-padding window under SAME-like padding: draw again
+            continue
+        break
+    fn = ops.max_pool2d_s8 if is_max else ops.avg_pool2d_s8
+    params = [h, w, c, oh, ow, *k, *st, pad[0], pad[1], *act]
+    return Case(op, params, [x], lambda mode: fn(x, **kw), info=kw)
+
+
+def max_pool2d_case(rng: np.random.Generator) -> Case:
+    return _pool_case(rng, OP_MAXPOOL)
+
+
+def avg_pool2d_case(rng: np.random.Generator) -> Case:
+    return _pool_case(rng, OP_AVGPOOL)
+
+
+def add_case(rng: np.random.Generator) -> Case:
+    size = int(rng.integers(1, 401))
+    x1, x2 = _s8(rng, (size,)), _s8(rng, (size,))
+    while True:
+        if rng.random() < 0.1:  # raw params at the edges of what the kernel accepts
+            p = dict(input1_offset=int(rng.integers(-127, 129)), input2_offset=int(rng.integers(-127, 129)),
+                     left_shift=20,
+                     input1_multiplier=int(rng.integers(1 << 30, INT32_MAX)), input1_shift=int(rng.integers(-31, 1)),
+                     input2_multiplier=int(rng.integers(1 << 30, INT32_MAX)), input2_shift=int(rng.integers(-31, 1)),
+                     output_multiplier=int(rng.integers(1 << 30, INT32_MAX)), output_shift=int(rng.integers(-31, 1)),
+                     output_offset=int(rng.integers(-128, 128)))
+        else:
+            s1, s2 = 2.0 ** rng.uniform(-9, -1, 2)
+            so = max(s1, s2) * 2.0 ** rng.uniform(-0.5, 2.0)
+            zp1, zp2, zpo = (int(v) for v in rng.integers(-128, 128, 3))
+            try:
+                p = ops.add_params(s1, zp1, s2, zp2, so, zpo)
+            except ValueError:
+                continue
+        break
+    act = _act_range(rng, p["output_offset"])
+    kw = dict(p, act_min=act[0], act_max=act[1])
+    order = ["input1_offset", "input2_offset", "left_shift", "input1_multiplier", "input1_shift",
+             "input2_multiplier", "input2_shift", "output_multiplier", "output_shift", "output_offset"]
+    params = [size, *(int(p[key]) for key in order), *act]
+    op = OP_ADD_IN_PLACE if rng.random() < 0.25 else OP_ADD
+    return Case(op, params, [x1, x2], lambda mode: ops.add_s8(x1, x2, mode=mode, **kw), info=kw)
+
+
+GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
+    "conv2d": conv2d_case,
+    "depthwise_conv2d": depthwise_conv2d_case,
+    "fully_connected": fully_connected_case,
+    "max_pool2d": max_pool2d_case,
+    "avg_pool2d": avg_pool2d_case,
+    "add": add_case,
+}
+
+_CASES: dict[str, list[Case]] = {}
+
+
+def cases_for(kernel: str) -> list[Case]:
+    """The same N_CASES random cases for a kernel, whatever the test order or worker."""
+    if kernel not in _CASES:
+        rng = np.random.default_rng(sorted(GENERATORS).index(kernel) + 1000)
+        _CASES[kernel] = [GENERATORS[kernel](rng) for _ in range(N_CASES)]
+    return _CASES[kernel]
+
+
+def _describe(case: Case, got: np.ndarray, want: np.ndarray) -> str:
+    bad = np.flatnonzero(got != want)
+    return (f"op {case.op}, params {case.params}, "
+            f"array shapes {[None if a is None else a.shape for a in case.arrays]}: "
+            f"{bad.size} of {want.size} bytes differ, first at {bad[0]}: "
+            f"C {got[bad[0]]} vs reference {want[bad[0]]}")
+
+
+# --------------------------------------------------------------------------
+# C == reference
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+@pytest.mark.parametrize("kernel", list(GENERATORS))
+def test_kernel_matches_reference_bytes(kernel_driver, kernel, mode):
+    cases = cases_for(kernel)
+    expected = [c.expected(mode) for c in cases]
+    got = run_driver(kernel_driver(mode), cases, [e.size for e in expected])
+    failures = [_describe(c, g, e) for c, g, e in zip(cases, got, expected, strict=True)
+                if not np.array_equal(g, e)]
+    assert not failures, f"{len(failures)} of {len(cases)} cases differ; first: {failures[0]}"
+    # The cases must exercise the arithmetic, not just the clamps.
+    everything = np.concatenate(expected)
+    assert np.unique(everything).size >= 200, "outputs barely vary: the cases test too little"
+    inside = np.mean([((e > c.params[-2]) & (e < c.params[-1])).mean()
+                      for c, e in zip(cases, expected, strict=True)])
+    assert inside > 0.4, f"only {inside:.0%} of outputs lie strictly inside the activation range"
+
+
+def test_rounding_modes_give_different_bytes(kernel_driver):
+    """MF_SINGLE_ROUNDING reaches the kernels, and each driver matches its own mode."""
+    cases = cases_for("conv2d")
+    sizes = [c.expected("double").size for c in cases]
+    double = np.concatenate(run_driver(kernel_driver("double"), cases, sizes))
+    single = np.concatenate(run_driver(kernel_driver("single"), cases, sizes))
+    diff = np.abs(double.astype(int) - single.astype(int))
+    # Sane multipliers differ by one at most; the few extreme ones (a left shift
+    # that wraps in double rounding) may differ by more.
+    assert np.count_nonzero(diff == 1) > 0
+
+
+def test_corrupted_weights_are_caught(kernel_driver):
+    """The comparison can fail: inverted weights give bytes the reference rejects."""
+    # Cases with a wide activation range (a degenerate one hides any error).
+    cases = [c for c in cases_for("conv2d") if c.params[-1] - c.params[-2] >= 100][:60]
+    expected = [c.expected("double") for c in cases]
+    corrupted = [Case(c.op, c.params, [c.arrays[0], ~c.arrays[1], *c.arrays[2:]], c.reference)
+                 for c in cases]
+    got = run_driver(kernel_driver("double"), corrupted, [e.size for e in expected])
+    differ = sum(not np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert differ >= 0.9 * len(cases), f"only {differ} of {len(cases)} corrupted cases detected"
+
+
+@pytest.mark.parametrize("what", ["weights", "input", "output"])
+def test_sanitizer_catches_out_of_bounds(kernel_driver, what):
+    """A buffer one byte short makes the sanitized driver fail loudly."""
+    # Stride and dilation 1: the last output reads the last input pixel.
+    case = next(c for c in cases_for("conv2d") if c.arrays[0].size > 1 and c.arrays[1].size > 1
+                and c.info["stride"] == (1, 1) and c.info["dilation"] == (1, 1))
+    arrays = list(case.arrays)
+    out_size = case.expected("double").size
+    if what == "weights":
+        arrays[1] = arrays[1].ravel()[:-1]
+    elif what == "input":
+        arrays[0] = arrays[0].ravel()[:-1]
+    else:
+        out_size -= 1
+    short = Case(case.op, case.params, arrays, case.reference)
+    proc = _run_raw(kernel_driver("double"), _pack([short], [out_size]))
+    assert proc.returncode != 0
+    assert b"AddressSanitizer" in proc.stderr
+
+
+# --------------------------------------------------------------------------
+# the reference on its own: hand-computed answers and rejected parameters
+
+
+def test_avg_pool_rounds_half_away_from_zero():
+    x = np.array([1, 2, -1, -2, 1, 0, -1, 0], dtype=np.int8).reshape(1, 1, 8, 1)
+    out = ops.avg_pool2d_s8(x, kernel=(1, 2), stride=(1, 2))
+    assert out.ravel().tolist() == [2, -2, 1, -1]
+
+
+def test_avg_pool_counts_only_unpadded_positions():
+    x = np.full((1, 2, 2, 1), 10, dtype=np.int8)
+    out = ops.avg_pool2d_s8(x, kernel=3, stride=1, padding=1)
+    assert out.ravel().tolist() == [10, 10, 10, 10]
+
+
+def test_max_pool_ignores_padding_and_empty_window_gives_minus_128():
+    x = np.full((1, 1, 1, 1), -100, dtype=np.int8)
+    assert ops.max_pool2d_s8(x, kernel=3, stride=1, padding=1).ravel().tolist() == [-100]
+    out = ops.max_pool2d_s8(x, kernel=1, stride=1, padding=(1, 0, 0, 0), act_min=-120)
+    assert out.ravel().tolist() == [-120, -100]
+
+
+def test_avg_pool_rejects_an_all_padding_window():
+    x = np.zeros((1, 1, 1, 1), dtype=np.int8)
+    with pytest.raises(ValueError, match="padding"):
+        ops.avg_pool2d_s8(x, kernel=1, stride=1, padding=(1, 0, 0, 0))
+
+
+def test_conv_skips_padded_taps_rather_than_reading_zero():
+    # With input zero point 5, a padded tap would contribute (0 - 5) * w if read as 0.
+    x = np.full((1, 1, 1, 1), 5, dtype=np.int8)
+    w = np.ones((1, 3, 3, 1), dtype=np.int8)
+    out = ops.conv2d_s8(x, w, None, input_offset=-5, output_offset=0, multiplier=1 << 30,
+                        shift=1, padding=1)
+    assert out.ravel().tolist() == [0]
+
+
+def test_conv_hand_computed():
+    x = np.array([1, 2, 3, 4], dtype=np.int8).reshape(1, 2, 2, 1)
+    w = np.array([1, -1, 2, 0], dtype=np.int8).reshape(1, 2, 2, 1)
+    # acc = (1+1)*1 + (2+1)*-1 + (3+1)*2 + (4+1)*0 + 7 = 14; * 0.5 -> 7; + 3 -> 10
+    out = ops.conv2d_s8(x, w, np.array([7], dtype=np.int32), input_offset=1, output_offset=3,
+                        multiplier=1 << 30, shift=0)
+    assert out.ravel().tolist() == [10]
+
+
+def test_depthwise_multiplier_channel_order():
+    x = np.array([10, 20], dtype=np.int8).reshape(1, 1, 1, 2)
+    w = np.array([1, 2, 3, 4], dtype=np.int8).reshape(1, 1, 1, 4)  # oc = ic * 2 + m
+    out = ops.depthwise_conv2d_s8(x, w, None, input_offset=0, output_offset=0,
+                                  multiplier=1 << 30, shift=1)
+    assert out.ravel().tolist() == [10, 20, 60, 80]
+
+
+def test_add_of_equal_scales_doubles():
+    x = np.array([-50, -1, 0, 1, 50], dtype=np.int8)
+    p = ops.add_params(0.1, 0, 0.1, 0, 0.1, 0)
+    assert ops.add_s8(x, x, **p).tolist() == [-100, -2, 0, 2, 100]
+
+
+def test_add_params_match_tflite_prepare():
+    p = ops.add_params(0.5, 3, 0.25, -2, 1.0, 7)
+    # twice_max = 1.0: input multipliers 0.5 and 0.25, output 1 / 2^20.
+    assert (p["input1_multiplier"], p["input1_shift"]) == (1 << 30, 0)
+    assert (p["input2_multiplier"], p["input2_shift"]) == (1 << 30, -1)
+    assert (p["output_multiplier"], p["output_shift"]) == (1 << 30, -19)
+    assert (p["input1_offset"], p["input2_offset"], p["output_offset"]) == (-3, 2, 7)
+    assert p["left_shift"] == 20
+
+
+def test_output_size_and_same_padding():
+    assert ops.output_size(7, 3, 2, 1, 1, 1) == 4
+    assert ops.output_size(10, 3, 1, 2, 0, 0) == 6
+    assert ops.same_padding(7, 3, 2) == (1, 1)
+    assert ops.same_padding(8, 3, 2) == (0, 1)
+    assert ops.same_padding(5, 1, 1) == (0, 0)
+    with pytest.raises(ValueError):
+        ops.output_size(2, 5)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(input_offset=129), dict(output_offset=128), dict(act_min=10, act_max=5),
+    dict(shift=31), dict(multiplier=-1), dict(mode="triple"),
+])
+def test_reference_rejects_parameters_the_c_kernels_do_not_check(bad):
+    x = np.zeros((1, 3, 3, 2), dtype=np.int8)
+    w = np.zeros((4, 3, 3, 2), dtype=np.int8)
+    kw = dict(input_offset=0, output_offset=0, multiplier=1 << 30, shift=0)
+    kw.update(bad)
+    with pytest.raises(ValueError):
+        ops.conv2d_s8(x, w, None, **kw)
+
+
+def test_reference_refuses_int32_accumulator_overflow():
+    x = np.full((1, 128), 127, dtype=np.int8)
+    w = np.full((1, 128), 127, dtype=np.int8)
+    bias = np.array([INT32_MAX - 100], dtype=np.int32)
+    with pytest.raises(OverflowError):
+        ops.fully_connected_s8(x, w, bias, input_offset=0, output_offset=0,
+                               multiplier=1 << 30, shift=0)
+
+
+# --------------------------------------------------------------------------
+# cross-compilers and the host compiler driver
+
+CROSS = {
+    "arm-none-eabi-gcc": (["-mcpu=cortex-m4", "-mthumb", "-O2"],
+                          "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+    "avr-gcc": (["-mmcu=atmega328p", "-Os"], "apt-get install gcc-avr avr-libc"),
+}
+
+
+@pytest.mark.parametrize("defines", [[], ["-DMF_SINGLE_ROUNDING"], ["-DMF_CONST_IN_RAM"]],
+                         ids=["default", "single", "const-in-ram"])
+@pytest.mark.parametrize("compiler", list(CROSS))
+def test_runtime_compiles_for_microcontrollers(tmp_path, compiler, defines):
+    flags, package = CROSS[compiler]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} not installed: {package}")
+    cmd = [compiler, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", *defines,
+           f"-I{runtime_dir() / 'include'}", "-c", *(str(s) for s in runtime_sources())]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(tmp_path.glob("*.o"))) == len(runtime_sources())
+
+
+def test_runtime_header_compiles_alone_in_pedantic_c99(tmp_path):
+    src = tmp_path / "one.c"
+    src.write_text('#include "mf_runtime.h"\nint main(void) { return 0; }\n')
+    compile_host([src], tmp_path / "one", [runtime_dir() / "include"], sanitize=False,
+                 extra_flags=("-pedantic",))
+
+
+def test_compile_host_reports_compiler_errors(tmp_path):
+    src = tmp_path / "broken.c"
+    src.write_text("int main(void) { return undeclared_name; }\n")
+    with pytest.raises(BuildError, match="undeclared_name"):
+        compile_host([src], tmp_path / "broken", [])
+
+
+def test_compile_host_names_the_package_when_gcc_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolchainMissingError, match="apt-get install gcc"):
+        compile_host([tmp_path / "x.c"], tmp_path / "x", [])
+
+
+# --------------------------------------------------------------------------
+# the same kernels executed on an emulated ATmega328P (simavr)
+
+AVR_HARNESS = Path(__file__).parent / "c" / "avr_harness.c"
+AVR_ARENA = 1280
+AVR_FLASH_BUDGET = 24_000  # bytes of case constants, well inside the 32 KB of flash
+
+# op -> (params struct, kernel function, struct fields in driver order)
+_CONV_FIELDS = ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w",
+                "stride_h", "stride_w", "dilation_h", "dilation_w", "pad_top", "pad_left",
+                "input_offset", "output_offset", "act_min", "act_max"]
+_POOL_FIELDS = ["in_h", "in_w", "channels", "out_h", "out_w", "k_h", "k_w", "stride_h",
+                "stride_w", "pad_top", "pad_left", "act_min", "act_max"]
+_ADD_FIELDS = ["size", "input1_offset", "input2_offset", "left_shift", "input1_multiplier",
+               "input1_shift", "input2_multiplier", "input2_shift", "output_multiplier",
+               "output_shift", "output_offset", "act_min", "act_max"]
+C_SIGNATURES = {
+    OP_CONV2D: ("mf_conv2d_params", "mf_conv2d_s8", _CONV_FIELDS),
+    OP_DWCONV2D: ("mf_depthwise_conv2d_params", "mf_depthwise_conv2d_s8",
+                  [f if f != "out_c" else "depth_multiplier" for f in _CONV_FIELDS]),
+    OP_FC: ("mf_fully_connected_params", "mf_fully_connected_s8",
+            ["in_features", "out_features", "input_offset", "output_offset", "act_min", "act_max"]),
+    OP_MAXPOOL: ("mf_pool2d_params", "mf_max_pool2d_s8", _POOL_FIELDS),
+    OP_AVGPOOL: ("mf_pool2d_params", "mf_avg_pool2d_s8", _POOL_FIELDS),
+    OP_ADD: ("mf_add_params", "mf_add_s8", _ADD_FIELDS),
+    OP_ADD_IN_PLACE: ("mf_add_params", "mf_add_s8", _ADD_FIELDS),
+}
+
+
+def _c_array(name: str, a: np.ndarray) -> str:
+    ctype = {np.dtype(np.int8): "int8_t", np.dtype(np.int32): "int32_t"}[a.dtype]
+    # INT32_MIN has no literal of its own in C.
+    vals = ", ".join("(-2147483647 - 1)" if int(v) == -(1 << 31) else str(int(v)) for v in a.ravel())
+    return f"static const {ctype} {name}[{a.size}] MF_CONST = {{{vals}}};"
+
+
+def avr_program(cases: list[Case]) -> str:
+    """C source running ``cases`` with every constant in flash, as codegen would emit it."""
+    decls, calls = [], []
+    for i, case in enumerate(cases):
+        struct_name, fn, fields = C_SIGNATURES[case.op]
+        init = ", ".join(f".{f} = {v}" for f, v in zip(fields, case.params, strict=True))
+        decls.append(f"static const {struct_name} p{i} MF_CONST = {{{init}}};")
+        names = []
+        for j, a in enumerate(case.arrays):
+            if a is None:
+                names.append("NULL")
+            else:
+                decls.append(_c_array(f"a{i}_{j}", a))
+                names.append(f"a{i}_{j}")
+        n_out = case.expected("double").size
+        body = []
+        if case.op in (OP_ADD, OP_ADD_IN_PLACE):
+            n = case.params[0]
+            body.append(f"mf_test_load(mf_test_arena, a{i}_0, {n});")
+            body.append(f"mf_test_load(mf_test_arena + {n}, a{i}_1, {n});")
+            out = "mf_test_arena" if case.op == OP_ADD_IN_PLACE else f"mf_test_arena + {2 * n}"
+            body.append(f"{fn}(&p{i}, mf_test_arena, mf_test_arena + {n}, {out});")
+        else:
+            n_in = case.arrays[0].size
+            out = f"mf_test_arena + {n_in}"
+            body.append(f"mf_test_load(mf_test_arena, {names[0]}, {n_in});")
+            body.append(f"{fn}(&p{i}, {', '.join(['mf_test_arena', *names[1:], out])});")
+        body.append(f"mf_test_emit({i}, {out}, {n_out});")
+        calls.append("    " + "\n    ".join(body))
+    return "\n".join([
+        '#include <stddef.h>', '#include <stdint.h>', '#include "mf_runtime.h"', "",
+        "extern int8_t mf_test_arena[];",
+        "void mf_test_load(int8_t *dst, const int8_t *src, uint16_t n);",
+        "void mf_test_emit(uint16_t case_index, const int8_t *out, uint16_t n);",
+        "void mf_test_run_cases(void);", "",
+        *decls, "", "void mf_test_run_cases(void)", "{", *calls, "}", ""])
+
+
+def _avr_cases(per_kernel: int = 4) -> list[Case]:
+    """Small cases of every kernel, bias-less and in-place ones included, that fit the ATmega."""
+    chosen: list[Case] = []
+    budget = AVR_FLASH_BUDGET
+    for kernel in GENERATORS:
+        picked = 0
+        for case in cases_for(kernel):
+            n_out = case.expected("double").size
+            n_act = sum(a.size for a in case.arrays[:2]) if case.op in (OP_ADD, OP_ADD_IN_PLACE) \
+                else case.arrays[0].size
+            const = sum(a.nbytes for a in case.arrays if a is not None)
+            want_null = case.op in (OP_CONV2D, OP_FC) and picked == 0
+            if want_null and case.arrays[2] is not None:
+                continue
+            if n_act + n_out > AVR_ARENA or const > budget // 8:
+                continue
+            chosen.append(case)
+            budget -= const
+            picked += 1
+            if picked == per_kernel:
+                break
+    return chosen
+
+
+def _simavr_lines(stderr: str) -> list[str]:
+    """simavr prints UART text wrapped in colour codes, '\\n' as '.', long lines split."""
+    text = "".join(piece[:-1] + "\n" if piece.endswith(".") else piece
+                   for piece in re.sub(r"\x1b\[[0-9;]*m", "", stderr).split("\n"))
+    return text.splitlines()
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+def test_kernels_on_emulated_atmega328p_match_reference(tmp_path, mode):
+    """Constants in flash via PROGMEM, 16-bit int, software int64: same bytes as numpy."""
+    for tool, package in (("avr-gcc", "gcc-avr avr-libc"), ("simavr", "simavr")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed: apt-get install {package}")
+    cases = _avr_cases()
+    assert {c.op for c in cases} >= {OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL}
+    src = tmp_path / "cases.c"
+    src.write_text(avr_program(cases))
+    elf = tmp_path / "kernels.elf"
+    defines = ["-DMF_SINGLE_ROUNDING"] if mode == "single" else []
+    cmd = ["avr-gcc", "-mmcu=atmega328p", "-Os", "-std=c99", "-Wall", "-Wextra", "-Werror",
+           *defines, f"-I{runtime_dir() / 'include'}", str(AVR_HARNESS), str(src),
+           *(str(s) for s in runtime_sources()), "-o", str(elf)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sim = subprocess.run(["simavr", "-m", "atmega328p", "-f", "16000000", str(elf)],
+                         capture_output=True, text=True, timeout=300)
+    lines = _simavr_lines(sim.stderr)
+    assert lines and lines[-1] == "END", f"firmware did not finish:\n{sim.stderr[-2000:]}"
+    outputs = {}
+    for line in lines[:-1]:
+        m = re.fullmatch(r"O([0-9a-f]{4}) ([0-9a-f]*)", line)
+        assert m, f"unexpected UART line {line!r}"
+        outputs[int(m.group(1), 16)] = np.frombuffer(bytes.fromhex(m.group(2)), dtype=np.int8)
+    assert sorted(outputs) == list(range(len(cases)))
+    for i, case in enumerate(cases):
+        want = case.expected(mode)
+        assert np.array_equal(outputs[i], want), _describe(case, outputs[i], want)
