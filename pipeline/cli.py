@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__
 from .errors import MicrofitError
 from .runfolder import RunFolder
-from .stages import DEFAULT_TARGET
+from .stages import DEFAULT_EPOCHS, DEFAULT_FINETUNE_EPOCHS, DEFAULT_TARGET
 
 DESCRIPTION = """\
 microfit shrinks a PyTorch model until it fits a microcontroller (structured
@@ -40,14 +40,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "(default: the built-in digits CNN)")
     p.add_argument("--data", help="data loader FILE.py:FUNCTION returning the splits "
                    "(default: scikit-learn's digits, seeded split)")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help=f"training epochs (default {DEFAULT_EPOCHS})")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, init and training")
 
 
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mac-ratio", type=float, default=0.5,
                    help="keep at most this fraction of the MACs (default 0.5: 2x fewer)")
-    p.add_argument("--finetune-epochs", type=int, default=15, help="fine-tuning epochs (default 15)")
+    p.add_argument("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS,
+                   help=f"fine-tuning epochs (default {DEFAULT_FINETUNE_EPOCHS})")
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:

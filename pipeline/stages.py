@@ -16,6 +16,8 @@ from .errors import MicrofitError
 from .runfolder import RunFolder
 
 DEFAULT_TARGET = "qemu-mps2-an386"
+DEFAULT_EPOCHS = 15  # the default digits CNN converges in ~10 (pipeline/train/fit.py)
+DEFAULT_FINETUNE_EPOCHS = 10
 
 
 def _console():
@@ -28,35 +30,34 @@ def _load_model(run: RunFolder, weights: str):
     """Rebuild a model from the run's factory and load a saved state_dict."""
     import torch
 
-    from .prune import apply_plan, load_plan
-    from .train.models import load_model_factory, make_default_model
+    from .prune import load_plan, load_pruned
+    from .train.models import instantiate, load_model_factory, make_default_model
 
     s = run.settings()
     factory = load_model_factory(s["model"]) if s.get("model") else make_default_model
-    model = factory()
+    model = instantiate(factory, s.get("seed", 0))
     if weights == "pruned.pt":
-        model = apply_plan(model, load_plan(run.need("prune_plan.json")))
-    state = torch.load(run.need(weights), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+        model = load_pruned(model, load_plan(run.need("prune_plan.json")), run.need(weights))
+    else:
+        model.load_state_dict(torch.load(run.need(weights), map_location="cpu", weights_only=True))
     model.eval()
     return model
 
 
 def stage_train(run: RunFolder, model: str | None = None, data: str | None = None,
-                epochs: int = 30, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                epochs: int = DEFAULT_EPOCHS, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     import torch
 
     from .train.data import load_digits_splits, load_user_data, save_splits
     from .train.fit import evaluate, train
-    from .train.models import load_model_factory, make_default_model
+    from .train.models import instantiate, load_model_factory, make_default_model
 
     run.ensure()
     s = run.update_settings(model=model, data=data, seed=seed)
-    torch.manual_seed(seed)
     splits = load_user_data(s["data"]) if s.get("data") else load_digits_splits(seed=seed)
     save_splits(splits, run.file("data.npz"))
     factory = load_model_factory(s["model"]) if s.get("model") else make_default_model
-    net = factory()
+    net = instantiate(factory, seed)
     t0 = time.time()
     result = train(net, splits, epochs=epochs, seed=seed, progress=progress)
     torch.save(net.state_dict(), run.file("float.pt"))
@@ -73,7 +74,8 @@ def stage_train(run: RunFolder, model: str | None = None, data: str | None = Non
     return info
 
 
-def stage_prune(run: RunFolder, target_mac_ratio: float = 0.5, finetune_epochs: int = 15,
+def stage_prune(run: RunFolder, target_mac_ratio: float = 0.5,
+                finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS,
                 seed: int = 0, progress: bool = True) -> dict[str, Any]:
     import torch
 
@@ -118,8 +120,8 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
     from .reference.float_exec import run_float
     from .train.data import load_splits
 
-    splits = load_splits(run.need("data.npz"))
     fgraph: Graph = import_onnx(run.need("float.onnx"))
+    splits = load_splits(run.need("data.npz"))
     # Calibrate on training data only: the test split stays unseen.
     calib = nchw_to_ir(splits.x_train[:calibration_samples])
     qgraph = quantize(fgraph, calib, QuantizeConfig(rounding=rounding, calibration=calibration))

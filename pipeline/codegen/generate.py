@@ -85,7 +85,7 @@ class _Emitter:
         return cname
 
     def ptr(self, tensor: str) -> str:
-        return f"arena + {self.plan.offsets[tensor]}"
+        return f"model_arena + {self.plan.offsets[tensor]}"
 
     def emit(self, idx: int, node: Node) -> None:
         from . import kernels
@@ -196,7 +196,7 @@ const uint8_t model_hash[8] = {{{hash_init}}};
 
 /* One static arena; offsets come from the memory plan (memory_plan.json).
  * Arena {plan.arena_size} bytes; lower bound for this schedule {plan.lower_bound} bytes. */
-static int8_t arena[MODEL_ARENA_SIZE] __attribute__((aligned(4)));
+static int8_t model_arena[MODEL_ARENA_SIZE] __attribute__((aligned(4)));
 
 int8_t *model_input(void) {{ return {em.ptr(qgraph.inputs[0])}; }}
 const int8_t *model_output(void) {{ return {em.ptr(qgraph.outputs[0])}; }}

@@ -94,7 +94,9 @@ def build_report(run: RunFolder) -> dict[str, Any]:
 
 
 def _fmt_int(v: Any) -> str:
-    return f"{v:,}" if isinstance(v, int) else "-"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "-"
+    return f"{round(v):,}"
 
 
 def _fmt_pct(v: Any) -> str:
@@ -126,7 +128,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
                      if d.get("mismatched_samples") else ""),
                   f"- {kind} per inference: median {_fmt_int(per.get('median'))}, min "
                   f"{_fmt_int(per.get('min'))}, p95 {_fmt_int(per.get('p95'))}, max "
-                  f"{_fmt_int(per.get('max'))}",
+                  f"{_fmt_int(per.get('max'))} (resolution +-{per.get('resolution', '-')})",
                   f"- {kind} per MAC: {d['per_mac']:.2f}" if d.get("per_mac") else f"- {kind} per MAC: -",
                   f"- serial retries: {d.get('retries', 0)}",
                   f"- note: {d.get('note')}"]
