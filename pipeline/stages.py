@@ -137,6 +137,7 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
         "calibration_samples": int(len(calib)),
         "ir_float_test_accuracy": float(np.mean(float_pred == splits.y_test)),
         "int8_test_accuracy": float(np.mean(int8_pred == splits.y_test)),
+        "test_samples": int(len(splits.y_test)),
         "int8_float_top1_agreement": float(np.mean(int8_pred == float_pred)),
         "macs": qgraph.macs(),
         "params": qgraph.params(),
@@ -215,5 +216,6 @@ def stage_validate(run: RunFolder, port: str | None = None, limit: int | None = 
     out = res.to_json() if hasattr(res, "to_json") else dict(res.__dict__)
     out["device"] = info.to_json() if hasattr(info, "to_json") else dict(info.__dict__)
     out["port"] = port or "qemu"
+    out["reference_accuracy"] = float(np.mean(expected.reshape(len(expected), -1).argmax(-1) == y))
     run.write_json("validate.json", out)
     return out

@@ -50,6 +50,11 @@ def build_report(run: RunFolder) -> dict[str, Any]:
         stages.append({"stage": "int8 (reference)", "params": quant["params"], "macs": quant["macs"],
                        "accuracy": quant["int8_test_accuracy"]})
     if val:
+        samples = val.get("samples")
+        if quant and val.get("reference_accuracy") is not None and samples != quant.get("test_samples"):
+            # --limit: show the reference on the same subset, so the rows compare like with like.
+            stages.append({"stage": f"int8 (reference, same {samples})", "params": quant["params"],
+                           "macs": quant["macs"], "accuracy": val["reference_accuracy"]})
         stages.append({"stage": "int8 (device)", "params": quant.get("params"),
                        "macs": quant.get("macs"), "accuracy": val.get("accuracy")})
 
