@@ -46,51 +46,41 @@ def _check_u16(node: Node, **vals: int) -> None:
             raise UnsupportedOpError(f"'{node.name}': {k}={v} exceeds the runtime's 16-bit limit")
 
 
-def emit_conv(em, idx: int, node: Node, p: KernelParams) -> str:
+def _emit_conv_like(em, node: Node, p: KernelParams, depthwise: bool) -> str:
+    """CONV_2D and DEPTHWISE_CONV_2D share geometry fields and call shape."""
     g = em.g
     ih, iw, ic = _hw(g.tensors[node.inputs[0]].shape)
     oh, ow, oc = _hw(g.tensors[node.outputs[0]].shape)
     w = g.tensors[node.inputs[1]].shape
     a = node.attrs
-    fields = dict(in_h=ih, in_w=iw, in_c=ic, out_h=oh, out_w=ow, out_c=oc, k_h=w[1], k_w=w[2],
-                  stride_h=a["stride"][0], stride_w=a["stride"][1],
+    fields = dict(in_h=ih, in_w=iw, in_c=ic, out_h=oh, out_w=ow)
+    if depthwise:
+        fields["depth_multiplier"] = a.get("depth_multiplier", 1)
+    else:
+        fields["out_c"] = oc
+    fields.update(k_h=w[1], k_w=w[2], stride_h=a["stride"][0], stride_w=a["stride"][1],
                   dilation_h=a["dilation"][0], dilation_w=a["dilation"][1],
                   pad_top=a["padding"][0], pad_left=a["padding"][1])
     _check_u16(node, **fields)
     fields.update(input_offset=p.input_offset, output_offset=p.output_offset,
                   act_min=p.act_min, act_max=p.act_max)
     wn, bn, mn, sn = _weights(em, node, p)
+    kind = "depthwise_conv2d" if depthwise else "conv2d"
     return "\n".join([
         "    {",
-        _struct("mf_conv2d_params", "p", fields),
-        f"        mf_conv2d_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
+        _struct(f"mf_{kind}_params", "p", fields),
+        f"        mf_{kind}_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
         f"{em.ptr(node.outputs[0])});",
         "    }",
     ])
+
+
+def emit_conv(em, idx: int, node: Node, p: KernelParams) -> str:
+    return _emit_conv_like(em, node, p, depthwise=False)
 
 
 def emit_dwconv(em, idx: int, node: Node, p: KernelParams) -> str:
-    g = em.g
-    ih, iw, ic = _hw(g.tensors[node.inputs[0]].shape)
-    oh, ow, _ = _hw(g.tensors[node.outputs[0]].shape)
-    w = g.tensors[node.inputs[1]].shape
-    a = node.attrs
-    fields = dict(in_h=ih, in_w=iw, in_c=ic, out_h=oh, out_w=ow,
-                  depth_multiplier=a.get("depth_multiplier", 1), k_h=w[1], k_w=w[2],
-                  stride_h=a["stride"][0], stride_w=a["stride"][1],
-                  dilation_h=a["dilation"][0], dilation_w=a["dilation"][1],
-                  pad_top=a["padding"][0], pad_left=a["padding"][1])
-    _check_u16(node, **fields)
-    fields.update(input_offset=p.input_offset, output_offset=p.output_offset,
-                  act_min=p.act_min, act_max=p.act_max)
-    wn, bn, mn, sn = _weights(em, node, p)
-    return "\n".join([
-        "    {",
-        _struct("mf_depthwise_conv2d_params", "p", fields),
-        f"        mf_depthwise_conv2d_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
-        f"{em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _emit_conv_like(em, node, p, depthwise=True)
 
 
 def emit_fc(em, idx: int, node: Node, p: KernelParams) -> str:
