@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from microfit.build.host import compile_host, runtime_dir
 from microfit.errors import ToolchainMissingError
 from microfit.quantize.fixedpoint import (

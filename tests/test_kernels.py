@@ -5,11 +5,16 @@ asymmetric padding, zero points, per-channel multipliers, activation ranges)
 go through one sanitized C driver per rounding mode (tests/c/kernel_driver.c)
 and are compared with microfit.reference.ops. Every array the driver hands a
 kernel is its own exactly sized heap block, so an out-of-bounds access fails
-the run. The runtime must also compile for Cortex-M4 and ATmega328P.
+the run. Further down: the runtime compiled for Cortex-M4 and ATmega328P, the
+kernels run on an emulated ATmega328P (simavr) with constants in flash, and
+the reference checked against TFLite Micro's and LiteRT's own interpreters on
+one-op .tflite models. Each part skips, naming the package, when its tool is
+missing.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -21,15 +26,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from microfit.build.host import compile_host, runtime_dir, runtime_sources
 from microfit.errors import BuildError, ToolchainMissingError
-from microfit.quantize.fixedpoint import INT32_MAX, ROUNDING_MODES, quantize_multiplier
+from microfit.quantize.fixedpoint import (
+    INT32_MAX,
+    ROUNDING_MODES,
+    quantize_multiplier,
+    round_by_real_multiplier,
+    tflite_round,
+)
 from microfit.reference import ops
 
 DRIVER_SRC = Path(__file__).parent / "c" / "kernel_driver.c"
 N_CASES = 300
 
-OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_ADD_IN_PLACE = range(1, 8)
+OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_ADD_IN_PLACE, OP_SOFTMAX = range(1, 9)
 
 
 # --------------------------------------------------------------------------
@@ -45,9 +57,15 @@ class Case:
     arrays: list[np.ndarray | None]
     reference: Callable[[str], np.ndarray]  # mode -> int8 output of microfit.reference.ops
     info: dict = field(default_factory=dict)
+    only_mode: str | None = None  # params valid in one rounding mode only
 
     def expected(self, mode: str) -> np.ndarray:
         return np.ascontiguousarray(self.reference(mode), dtype=np.int8).ravel()
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """The output range: the activation range, the int8 range for softmax."""
+        return (-128, 127) if self.op == OP_SOFTMAX else (self.params[-2], self.params[-1])
 
 
 def _pack(cases: list[Case], out_sizes: list[int]) -> bytes:
@@ -298,6 +316,26 @@ def add_case(rng: np.random.Generator) -> Case:
     return Case(op, params, [x1, x2], lambda mode: ops.add_s8(x1, x2, mode=mode, **kw), info=kw)
 
 
+def softmax_case(rng: np.random.Generator) -> Case:
+    rows = int(rng.integers(1, 5))
+    r = rng.random()
+    depth = int(rng.integers(1, 6)) if r < 0.4 else int(rng.integers(6, 40)) if r < 0.75 \
+        else int(rng.integers(40, 400)) if r < 0.9 \
+        else int(rng.integers(400, 1300))  # sums of 512 and more: the kernel's extension
+    spread = int(rng.choice([4, 16, 64, 256]))
+    x = np.clip(rng.integers(-spread // 2, spread // 2 + 1, (rows, depth)) + int(rng.integers(-100, 100)),
+                -128, 127).astype(np.int8)
+    scale = float(2.0 ** rng.uniform(-8, 1))
+    beta = float(rng.choice([1.0, 0.5, 2.0, 1.3]))
+    only_mode = None
+    if rng.random() < 0.05:  # beta * scale so large that double rounding shifts left by 31
+        scale, only_mode = 40.0, "double"
+    p = ops.softmax_params(scale, beta, only_mode or "single")
+    params = [rows, depth, p["input_multiplier"], p["input_left_shift"], p["diff_min"]]
+    return Case(OP_SOFTMAX, params, [x], lambda mode: ops.softmax_s8(x, mode=mode, **p),
+                info=dict(p, scale=scale, beta=beta), only_mode=only_mode)
+
+
 GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "conv2d": conv2d_case,
     "depthwise_conv2d": depthwise_conv2d_case,
@@ -305,6 +343,7 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "max_pool2d": max_pool2d_case,
     "avg_pool2d": avg_pool2d_case,
     "add": add_case,
+    "softmax": softmax_case,
 }
 
 _CASES: dict[str, list[Case]] = {}
@@ -333,7 +372,7 @@ def _describe(case: Case, got: np.ndarray, want: np.ndarray) -> str:
 @pytest.mark.parametrize("mode", ROUNDING_MODES)
 @pytest.mark.parametrize("kernel", list(GENERATORS))
 def test_kernel_matches_reference_bytes(kernel_driver, kernel, mode):
-    cases = cases_for(kernel)
+    cases = [c for c in cases_for(kernel) if c.only_mode in (None, mode)]
     expected = [c.expected(mode) for c in cases]
     got = run_driver(kernel_driver(mode), cases, [e.size for e in expected])
     failures = [_describe(c, g, e) for c, g, e in zip(cases, got, expected, strict=True)
@@ -342,7 +381,7 @@ def test_kernel_matches_reference_bytes(kernel_driver, kernel, mode):
     # The cases must exercise the arithmetic, not just the clamps.
     everything = np.concatenate(expected)
     assert np.unique(everything).size >= 200, "outputs barely vary: the cases test too little"
-    inside = np.mean([((e > c.params[-2]) & (e < c.params[-1])).mean()
+    inside = np.mean([((e > c.bounds[0]) & (e < c.bounds[1])).mean()
                       for c, e in zip(cases, expected, strict=True)])
     assert inside > 0.4, f"only {inside:.0%} of outputs lie strictly inside the activation range"
 
@@ -494,6 +533,34 @@ def test_reference_refuses_int32_accumulator_overflow():
                                multiplier=1 << 30, shift=0)
 
 
+def test_softmax_hand_computed():
+    p = ops.softmax_params(0.1)
+    out = ops.softmax_s8(np.array([[5, 5], [7, 7], [0, -128]], dtype=np.int8), **p)
+    # 1/2 -> 128/256 -> 0 after the zero point; 1 -> 256/256 -> clamped to 127;
+    # a difference of 12.8 in real units -> exp(-12.8) rounds to 0 -> -128.
+    assert out.tolist() == [[0, 0], [0, 0], [127, -128]]
+    assert ops.softmax_s8(np.array([3], dtype=np.int8), **p).tolist() == [127]
+
+
+def test_softmax_fixed_point_constants_are_what_they_claim():
+    for k, raw in zip(range(-2, 5), ops._EXP_MINUS_POW2, strict=True):
+        assert raw == round(math.exp(-(2.0 ** k)) * 2**31)
+    assert ops._EXP_MINUS_ONE_EIGHTH == round(math.exp(-1 / 8) * 2**31)
+    assert ops._ONE_THIRD == round(2**31 / 3)
+    assert ops._FORTY_EIGHT_17THS == round(48 / 17 * 2**29)
+    assert ops._MINUS_THIRTY_TWO_17THS == round(-32 / 17 * 2**29)
+
+
+def test_softmax_params_match_tflite_prepare():
+    p = ops.softmax_params(0.125, beta=1.0)
+    # beta * scale * 2^26 = 2^23: multiplier 1/2 shifted left by 24.
+    assert (p["input_multiplier"], p["input_left_shift"]) == (1 << 30, 24)
+    assert p["diff_min"] == -((31 << 26) >> 24)
+    # A huge beta * scale: capped at 2^31 - 1 (double) or 2^30 - 1 (single).
+    assert ops.softmax_params(1000.0)["input_left_shift"] == 31
+    assert ops.softmax_params(1000.0, mode="single")["input_left_shift"] == 30
+
+
 # --------------------------------------------------------------------------
 # cross-compilers and the host compiler driver
 
@@ -544,6 +611,7 @@ def test_compile_host_names_the_package_when_gcc_is_missing(tmp_path, monkeypatc
 AVR_HARNESS = Path(__file__).parent / "c" / "avr_harness.c"
 AVR_ARENA = 1280
 AVR_FLASH_BUDGET = 24_000  # bytes of case constants, well inside the 32 KB of flash
+AVR_BATCHES = 3  # firmware images per rounding mode, each with different cases
 
 # op -> (params struct, kernel function, struct fields in driver order)
 _CONV_FIELDS = ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w",
@@ -564,6 +632,8 @@ C_SIGNATURES = {
     OP_AVGPOOL: ("mf_pool2d_params", "mf_avg_pool2d_s8", _POOL_FIELDS),
     OP_ADD: ("mf_add_params", "mf_add_s8", _ADD_FIELDS),
     OP_ADD_IN_PLACE: ("mf_add_params", "mf_add_s8", _ADD_FIELDS),
+    OP_SOFTMAX: ("mf_softmax_params", "mf_softmax_s8",
+                 ["rows", "depth", "input_multiplier", "input_left_shift", "diff_min"]),
 }
 
 
@@ -612,13 +682,17 @@ def avr_program(cases: list[Case]) -> str:
         *decls, "", "void mf_test_run_cases(void)", "{", *calls, "}", ""])
 
 
-def _avr_cases(per_kernel: int = 4) -> list[Case]:
-    """Small cases of every kernel, bias-less and in-place ones included, that fit the ATmega."""
+def _avr_cases(batch: int, per_kernel: int = 4) -> list[Case]:
+    """Small cases of every kernel, bias-less and in-place ones included, that fit the ATmega.
+
+    Batch ``b`` draws from the b-th third of each kernel's cases, so batches differ.
+    """
     chosen: list[Case] = []
     budget = AVR_FLASH_BUDGET
     for kernel in GENERATORS:
         picked = 0
-        for case in cases_for(kernel):
+        pool = cases_for(kernel)
+        for case in pool[batch * len(pool) // AVR_BATCHES:]:
             n_out = case.expected("double").size
             n_act = sum(a.size for a in case.arrays[:2]) if case.op in (OP_ADD, OP_ADD_IN_PLACE) \
                 else case.arrays[0].size
@@ -643,13 +717,14 @@ def _simavr_lines(stderr: str) -> list[str]:
     return text.splitlines()
 
 
+@pytest.mark.parametrize("batch", range(AVR_BATCHES))
 @pytest.mark.parametrize("mode", ROUNDING_MODES)
-def test_kernels_on_emulated_atmega328p_match_reference(tmp_path, mode):
+def test_kernels_on_emulated_atmega328p_match_reference(tmp_path, mode, batch):
     """Constants in flash via PROGMEM, 16-bit int, software int64: same bytes as numpy."""
     for tool, package in (("avr-gcc", "gcc-avr avr-libc"), ("simavr", "simavr")):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed: apt-get install {package}")
-    cases = _avr_cases()
+    cases = _avr_cases(batch)
     assert {c.op for c in cases} >= {OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL}
     src = tmp_path / "cases.c"
     src.write_text(avr_program(cases))
@@ -660,8 +735,11 @@ def test_kernels_on_emulated_atmega328p_match_reference(tmp_path, mode):
            *(str(s) for s in runtime_sources()), "-o", str(elf)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    sim = subprocess.run(["simavr", "-m", "atmega328p", "-f", "16000000", str(elf)],
-                         capture_output=True, text=True, timeout=300)
+    try:
+        sim = subprocess.run(["simavr", "-m", "atmega328p", "-f", "16000000", str(elf)],
+                             capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the AVR firmware did not finish within {exc.timeout} s of simulation")
     lines = _simavr_lines(sim.stderr)
     assert lines and lines[-1] == "END", f"firmware did not finish:\n{sim.stderr[-2000:]}"
     outputs = {}
@@ -673,3 +751,325 @@ def test_kernels_on_emulated_atmega328p_match_reference(tmp_path, mode):
     for i, case in enumerate(cases):
         want = case.expected(mode)
         assert np.array_equal(outputs[i], want), _describe(case, outputs[i], want)
+
+
+# --------------------------------------------------------------------------
+# the reference against TFLite's own interpreters, on one-op .tflite models
+#
+# TFLite Micro's interpreter (reference kernels, double rounding) and LiteRT's
+# with BUILTIN_REF kernels. TFLite only pads SAME or VALID and derives the
+# multipliers from float scales at Prepare time, so these cases are built
+# from scales; scales have 10-bit mantissas so that every scale product is
+# exact in float32 and TFLite's float-vs-double intermediate steps agree.
+
+ORACLE_CASES = 40
+
+
+@dataclass
+class OracleCase:
+    """A one-op int8 .tflite model, its inputs, and the reference's answer by mode."""
+
+    name: str
+    model: bytes
+    inputs: list[np.ndarray]
+    reference: Callable[[str], np.ndarray]
+
+
+def _scale(rng: np.random.Generator, lo: int, hi: int) -> float:
+    """A float32-exact scale: a 10-bit integer times a power of two in [2^lo, 2^hi)."""
+    return float(np.ldexp(int(rng.integers(512, 1024)), int(rng.integers(lo, hi)) - 10))
+
+
+def _scale_near(rng: np.random.Generator, target: float) -> float:
+    """A float32-exact scale (10-bit mantissa) within a factor of two of ``target``."""
+    mant, exp = np.frexp(target * 2.0 ** rng.uniform(-1, 1))
+    return float(np.ldexp(int(mant * 1024), int(exp) - 10))
+
+
+def _fused(rng: np.random.Generator, scale: float, zp: int) -> tuple[int, int, int]:
+    """(TFLite fused activation, act_min, act_max) as CalculateActivationRangeQuantized."""
+    from ai_edge_litert.schema_py_generated import ActivationFunctionType as Act
+
+    kind = int(rng.integers(0, 3))
+    if kind == 0:
+        return Act.NONE, -128, 127
+    if kind == 1:
+        return Act.RELU, max(-128, zp), 127
+    six = zp + int(tflite_round(float(np.float32(6.0) / np.float32(scale))))  # float32 divide
+    return Act.RELU6, max(-128, zp), min(127, six)
+
+
+def _tflite_model(opcode: int, tensors: list[dict], consts: dict[int, np.ndarray],
+                  inputs: list[int], outputs: list[int], options_type: int, options) -> bytes:
+    """Serialise a one-operator subgraph; tensor dicts give name, shape, type, scale, zp."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as S
+
+    model = S.ModelT()
+    model.version = 3
+    model.description = "microfit kernel oracle"
+    code = S.OperatorCodeT()
+    code.builtinCode = opcode
+    code.deprecatedBuiltinCode = min(opcode, 127)
+    code.version = 1
+    model.operatorCodes = [code]
+    model.buffers = [S.BufferT()]
+    flat = []
+    for i, spec in enumerate(tensors):
+        t = S.TensorT()
+        t.name, t.shape = spec["name"], list(spec["shape"])
+        t.type = S.TensorType.INT32 if spec.get("int32") else S.TensorType.INT8
+        t.buffer = 0
+        if i in consts:
+            buf = S.BufferT()
+            buf.data = np.frombuffer(np.ascontiguousarray(consts[i]).tobytes(), np.uint8).tolist()
+            model.buffers.append(buf)
+            t.buffer = len(model.buffers) - 1
+        q = S.QuantizationParametersT()
+        q.scale = [float(s) for s in np.atleast_1d(spec["scale"])]
+        q.zeroPoint = [int(z) for z in np.broadcast_to(spec.get("zp", 0), len(q.scale))]
+        q.quantizedDimension = spec.get("qdim", 0)
+        t.quantization = q
+        flat.append(t)
+    op = S.OperatorT()
+    op.opcodeIndex = 0
+    op.inputs = [i for i in range(len(tensors)) if i not in outputs]
+    op.outputs = outputs
+    op.builtinOptionsType = options_type
+    op.builtinOptions = options
+    graph = S.SubGraphT()
+    graph.tensors, graph.inputs, graph.outputs, graph.operators = flat, inputs, outputs, [op]
+    model.subgraphs = [graph]
+    builder = flatbuffers.Builder(4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _conv_like_oracle(rng: np.random.Generator, depthwise: bool) -> OracleCase:
+    from ai_edge_litert import schema_py_generated as S
+
+    while True:
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 3, 2))
+        dh, dw = (int(v) for v in rng.integers(1, 3, 2))
+        same = bool(rng.random() < 0.5)
+        if same or (h >= dh * (kh - 1) + 1 and w >= dw * (kw - 1) + 1):
+            break
+    cin = int(rng.integers(1, 9))
+    dm = int(rng.integers(1, 4)) if depthwise else 1
+    cout = cin * dm if depthwise else int(rng.integers(1, 17))
+    s_in = _scale(rng, -6, 0)
+    zp_in, zp_out = (int(v) for v in rng.integers(-128, 128, 2))
+    s_w = np.array([_scale(rng, -9, -5) for _ in range(cout)])
+    x = _s8(rng, (1, h, w, cin))
+    wt = _s8(rng, (1, kh, kw, cout) if depthwise else (cout, kh, kw, cin), lo=-127)
+    acc_rms = np.sqrt(kh * kw * (1 if depthwise else cin)) * _rms(x.astype(np.int32) - zp_in) * _rms(wt)
+    s_out = _scale_near(rng, s_in * float(s_w.mean()) * acc_rms / 40)
+    act, act_min, act_max = _fused(rng, s_out, zp_out)
+    bias = rng.integers(-3000, 3000, cout).astype(np.int32)
+    eff = [(s_in * sw_) / s_out for sw_ in s_w]  # exact product, then one division
+    pt, pb = ops.same_padding(h, kh, sh, dh) if same else (0, 0)
+    pl, pr = ops.same_padding(w, kw, sw, dw) if same else (0, 0)
+    tensors = [dict(name="x", shape=x.shape, scale=s_in, zp=zp_in),
+               dict(name="w", shape=wt.shape, scale=s_w, qdim=3 if depthwise else 0),
+               dict(name="b", shape=(cout,), scale=s_in * s_w, int32=True),
+               dict(name="y", shape=(1, ops.output_size(h, kh, sh, dh, pt, pb),
+                                     ops.output_size(w, kw, sw, dw, pl, pr), cout),
+                    scale=s_out, zp=zp_out)]
+    opts = S.DepthwiseConv2DOptionsT() if depthwise else S.Conv2DOptionsT()
+    opts.padding = S.Padding.SAME if same else S.Padding.VALID
+    opts.strideH, opts.strideW, opts.dilationHFactor, opts.dilationWFactor = sh, sw, dh, dw
+    opts.fusedActivationFunction = act
+    if depthwise:
+        opts.depthMultiplier = dm
+    model = _tflite_model(
+        S.BuiltinOperator.DEPTHWISE_CONV_2D if depthwise else S.BuiltinOperator.CONV_2D,
+        tensors, {1: wt, 2: bias}, [0], [3],
+        S.BuiltinOptions.DepthwiseConv2DOptions if depthwise else S.BuiltinOptions.Conv2DOptions,
+        opts)
+    fn = ops.depthwise_conv2d_s8 if depthwise else ops.conv2d_s8
+
+    def reference(mode: str) -> np.ndarray:
+        mult, shift = zip(*(quantize_multiplier(e, mode) for e in eff), strict=True)
+        return fn(x, wt, bias, input_offset=-zp_in, output_offset=zp_out, multiplier=mult,
+                  shift=shift, stride=(sh, sw), dilation=(dh, dw), padding=(pt, pl, pb, pr),
+                  act_min=act_min, act_max=act_max, mode=mode)
+
+    return OracleCase("depthwise_conv2d" if depthwise else "conv2d", model, [x], reference)
+
+
+def _fc_oracle(rng: np.random.Generator) -> OracleCase:
+    from ai_edge_litert import schema_py_generated as S
+
+    cin, cout = int(rng.integers(1, 120)), int(rng.integers(1, 160))
+    s_in, s_w = _scale(rng, -6, 0), _scale(rng, -9, -5)
+    zp_in, zp_out = (int(v) for v in rng.integers(-128, 128, 2))
+    x = _s8(rng, (1, cin))
+    wt = _s8(rng, (cout, cin), lo=-127)
+    s_out = _scale_near(rng, s_in * s_w * np.sqrt(cin) * _rms(x.astype(np.int32) - zp_in) * _rms(wt) / 40)
+    act, act_min, act_max = _fused(rng, s_out, zp_out)
+    bias = rng.integers(-3000, 3000, cout).astype(np.int32)
+    tensors = [dict(name="x", shape=x.shape, scale=s_in, zp=zp_in),
+               dict(name="w", shape=wt.shape, scale=s_w),
+               dict(name="b", shape=(cout,), scale=s_in * s_w, int32=True),
+               dict(name="y", shape=(1, cout), scale=s_out, zp=zp_out)]
+    opts = S.FullyConnectedOptionsT()
+    opts.fusedActivationFunction = act
+    model = _tflite_model(S.BuiltinOperator.FULLY_CONNECTED, tensors, {1: wt, 2: bias}, [0], [3],
+                          S.BuiltinOptions.FullyConnectedOptions, opts)
+
+    real = (s_in * s_w) / s_out
+
+    def reference(mode: str) -> np.ndarray:
+        if mode == "litert":  # double-precision requantization, not a C runtime mode
+            acc = (x.astype(np.int64) - zp_in) @ wt.astype(np.int64).T + bias
+            y = round_by_real_multiplier(acc, real) + zp_out
+            return np.clip(y, act_min, act_max).astype(np.int8)
+        m, s = quantize_multiplier(real, mode)
+        return ops.fully_connected_s8(x, wt, bias, input_offset=-zp_in, output_offset=zp_out,
+                                      multiplier=m, shift=s, act_min=act_min, act_max=act_max,
+                                      mode=mode)
+
+    return OracleCase("fully_connected", model, [x], reference)
+
+
+def _pool_oracle(rng: np.random.Generator, is_max: bool) -> OracleCase:
+    from ai_edge_litert import schema_py_generated as S
+
+    while True:
+        h, w = (int(v) for v in rng.integers(1, 12, 2))
+        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+        same = bool(rng.random() < 0.5)
+        if same or (h >= kh and w >= kw):
+            break
+    c = int(rng.integers(1, 8))
+    scale, zp = _scale(rng, -6, 0), int(rng.integers(-128, 128))
+    act, act_min, act_max = _fused(rng, scale, zp)
+    x = _s8(rng, (1, h, w, c))
+    pt, pb = ops.same_padding(h, kh, sh) if same else (0, 0)
+    pl, pr = ops.same_padding(w, kw, sw) if same else (0, 0)
+    oh, ow = ops.output_size(h, kh, sh, 1, pt, pb), ops.output_size(w, kw, sw, 1, pl, pr)
+    tensors = [dict(name="x", shape=x.shape, scale=scale, zp=zp),
+               dict(name="y", shape=(1, oh, ow, c), scale=scale, zp=zp)]
+    opts = S.Pool2DOptionsT()
+    opts.padding = S.Padding.SAME if same else S.Padding.VALID
+    opts.strideH, opts.strideW, opts.filterHeight, opts.filterWidth = sh, sw, kh, kw
+    opts.fusedActivationFunction = act
+    model = _tflite_model(S.BuiltinOperator.MAX_POOL_2D if is_max else S.BuiltinOperator.AVERAGE_POOL_2D,
+                          tensors, {}, [0], [1], S.BuiltinOptions.Pool2DOptions, opts)
+    fn = ops.max_pool2d_s8 if is_max else ops.avg_pool2d_s8
+    return OracleCase("max_pool2d" if is_max else "avg_pool2d", model, [x],
+                      lambda mode: fn(x, kernel=(kh, kw), stride=(sh, sw), padding=(pt, pl, pb, pr),
+                                      act_min=act_min, act_max=act_max))
+
+
+def _add_oracle(rng: np.random.Generator) -> OracleCase:
+    from ai_edge_litert import schema_py_generated as S
+
+    shape = (1, int(rng.integers(1, 25)), int(rng.integers(1, 25)), int(rng.integers(1, 17)))
+    s1, s2 = _scale(rng, -7, 0), _scale(rng, -7, 0)
+    so = _scale(rng, -6, 1)
+    if 2 * max(s1, s2) >= (1 << 20) * so:  # TFLite needs an output multiplier below one
+        so = 4 * max(s1, s2)
+    zp1, zp2, zpo = (int(v) for v in rng.integers(-128, 128, 3))
+    act, act_min, act_max = _fused(rng, so, zpo)
+    x1, x2 = _s8(rng, shape), _s8(rng, shape)
+    tensors = [dict(name="a", shape=shape, scale=s1, zp=zp1),
+               dict(name="b", shape=shape, scale=s2, zp=zp2),
+               dict(name="y", shape=shape, scale=so, zp=zpo)]
+    opts = S.AddOptionsT()
+    opts.fusedActivationFunction = act
+    model = _tflite_model(S.BuiltinOperator.ADD, tensors, {}, [0, 1], [2],
+                          S.BuiltinOptions.AddOptions, opts)
+    return OracleCase("add", model, [x1, x2],
+                      lambda mode: ops.add_s8(x1, x2, **ops.add_params(s1, zp1, s2, zp2, so, zpo, mode),
+                                              act_min=act_min, act_max=act_max, mode=mode))
+
+
+def _softmax_oracle(rng: np.random.Generator) -> OracleCase:
+    from ai_edge_litert import schema_py_generated as S
+
+    # TFLite asserts once a row's sum of exps reaches 512: keep depth below that.
+    rows, depth = int(rng.integers(1, 4)), int(rng.choice([1, 2, 3, 5, 10, 37, 100, 300, 511]))
+    spread = int(rng.choice([8, 32, 256]))
+    x = np.clip(rng.integers(-spread // 2, spread // 2 + 1, (rows, depth)) + int(rng.integers(-100, 100)),
+                -128, 127).astype(np.int8)
+    scale, zp = _scale(rng, -8, 3), int(rng.integers(-128, 128))
+    beta = float(rng.choice([1.0, 0.5, 2.0, 1.75]))
+    tensors = [dict(name="x", shape=x.shape, scale=scale, zp=zp),
+               dict(name="y", shape=x.shape, scale=1 / 256, zp=-128)]
+    opts = S.SoftmaxOptionsT()
+    opts.beta = beta
+    model = _tflite_model(S.BuiltinOperator.SOFTMAX, tensors, {}, [0], [1],
+                          S.BuiltinOptions.SoftmaxOptions, opts)
+    return OracleCase("softmax", model, [x],
+                      lambda mode: ops.softmax_s8(x, **ops.softmax_params(scale, beta, mode), mode=mode))
+
+
+ORACLE_GENERATORS: dict[str, Callable[[np.random.Generator], OracleCase]] = {
+    "conv2d": lambda rng: _conv_like_oracle(rng, False),
+    "depthwise_conv2d": lambda rng: _conv_like_oracle(rng, True),
+    "fully_connected": _fc_oracle,
+    "max_pool2d": lambda rng: _pool_oracle(rng, True),
+    "avg_pool2d": lambda rng: _pool_oracle(rng, False),
+    "add": _add_oracle,
+    "softmax": _softmax_oracle,
+}
+
+
+def _run_tflm(case: OracleCase) -> np.ndarray:
+    from tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_bytes(case.model, arena_size=1 << 20)
+    for i, x in enumerate(case.inputs):
+        interp.set_input(x, i)
+    interp.invoke()
+    return interp.get_output(0)
+
+
+def _run_litert(case: OracleCase) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_content=case.model,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    for detail, x in zip(interp.get_input_details(), case.inputs, strict=True):
+        interp.set_tensor(detail["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+
+# The arithmetic each interpreter was observed to use, per kernel. TFLite
+# Micro rounds twice ("double") everywhere. The ai-edge-litert wheel (2.3)
+# with BUILTIN_REF does too in conv, depthwise conv and add, but its int8
+# fully connected requantizes with a double-precision multiply and C's round
+# ("litert", see microfit.quantize.fixedpoint): no build of LiteRT is
+# "single" throughout. Pooling does not requantize, and softmax's one
+# requantization (a left shift) rounds alike in both modes.
+ORACLES = {"tflite-micro": ("tflite_micro", _run_tflm, {}),
+           "litert-ref": ("ai_edge_litert", _run_litert, {"fully_connected": "litert"})}
+
+
+@pytest.mark.parametrize("oracle", list(ORACLES))
+@pytest.mark.parametrize("kernel", list(ORACLE_GENERATORS))
+def test_reference_matches_tflite_interpreter(kernel, oracle):
+    """microfit.reference.ops gives TFLite's bytes, in the rounding mode each interpreter uses."""
+    module, run, modes = ORACLES[oracle]
+    pytest.importorskip(module, reason=f"{module} not installed: pip install -e '.[oracles]'")
+    mode = modes.get(kernel, "double")
+    other = "single" if mode == "double" else "double"  # must give different bytes somewhere
+    rng = np.random.default_rng(sorted(ORACLE_GENERATORS).index(kernel) + 2000)
+    mode_mattered = 0
+    for _ in range(ORACLE_CASES):
+        case = ORACLE_GENERATORS[kernel](rng)
+        got, want = run(case), case.reference(mode)
+        assert got.shape == want.shape
+        assert np.array_equal(got, want), (
+            f"{kernel} vs {oracle} ({mode} rounding): {np.count_nonzero(got != want)} of "
+            f"{want.size} bytes differ; max |diff| {np.abs(got.astype(int) - want.astype(int)).max()}")
+        mode_mattered += not np.array_equal(got, case.reference(other))
+    if kernel not in ("max_pool2d", "avg_pool2d", "softmax"):
+        # Otherwise the cases could not tell the two rounding modes apart.
+        assert mode_mattered > 0, f"no {kernel} case separates double from single rounding"

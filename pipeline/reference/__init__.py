@@ -10,6 +10,8 @@ from microfit.reference.ops import (
     max_pool2d_s8,
     output_size,
     same_padding,
+    softmax_params,
+    softmax_s8,
 )
 
 __all__ = [
@@ -22,4 +24,6 @@ __all__ = [
     "max_pool2d_s8",
     "output_size",
     "same_padding",
+    "softmax_params",
+    "softmax_s8",
 ]

@@ -13,8 +13,9 @@ Conventions, shared with the C runtime:
 - ``act_min``/``act_max`` are the int8 bounds after a fused activation;
 - ``padding = (top, left, bottom, right)``; taps in the padding are skipped;
 - ``mode`` is the requantization rounding, ``"double"`` (TFLite Micro,
-  CMSIS-NN) or ``"single"`` (LiteRT); the C side selects it with
-  ``MF_SINGLE_ROUNDING``.
+  CMSIS-NN) or ``"single"`` (TFLite built with ``TFLITE_SINGLE_ROUNDING``);
+  the C side selects it with ``MF_SINGLE_ROUNDING``. (The LiteRT 2.3 wheel
+  is neither throughout; tests/test_kernels.py pins what it computes.)
 
 Keyword names match the C params struct fields, so code generation can copy
 them across. Invalid parameters raise ``ValueError`` here because the C
@@ -26,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from microfit.quantize.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
@@ -34,6 +36,8 @@ from microfit.quantize.fixedpoint import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
     requantize_to_int8,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
 )
 
 __all__ = [
@@ -46,6 +50,8 @@ __all__ = [
     "avg_pool2d_s8",
     "add_params",
     "add_s8",
+    "softmax_params",
+    "softmax_s8",
 ]
 
 IntPair = int | Sequence[int]
@@ -165,17 +171,29 @@ def _check_acc(op: str, acc: np.ndarray) -> np.ndarray:
 # window gathering
 
 
-def _windows(x: np.ndarray, k: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-             pad: tuple[int, int, int, int], out_hw: tuple[int, int], fill: int) -> np.ndarray:
-    """(N, H, W, C) -> (N, OH, OW, KH, KW, C); positions in the padding hold ``fill``."""
+def _pad(x: np.ndarray, pad: tuple[int, int, int, int], fill: int) -> np.ndarray:
+    """(N, H, W, C) -> int64, padded with ``fill`` on top, left, bottom, right."""
     n, h, w, c = x.shape
     top, left, bottom, right = pad
     xp = np.full((n, h + top + bottom, w + left + right, c), fill, dtype=np.int64)
     xp[:, top:top + h, left:left + w, :] = x
-    rows = np.arange(out_hw[0])[:, None] * stride[0] + np.arange(k[0])[None, :] * dilation[0]
-    cols = np.arange(out_hw[1])[:, None] * stride[1] + np.arange(k[1])[None, :] * dilation[1]
-    win = xp[:, rows[:, :, None, None], cols[None, None, :, :], :]  # (N, OH, KH, OW, KW, C)
-    return win.transpose(0, 1, 3, 2, 4, 5)
+    return xp
+
+
+def _taps(xp: np.ndarray, k: tuple[int, int], stride: tuple[int, int],
+          dilation: tuple[int, int], out_hw: tuple[int, int]):
+    """Yield (ky, kx, view): the (N, OH, OW, C) input each output sees at kernel tap (ky, kx).
+
+    Looping over taps, rather than gathering every window at once, keeps memory
+    at the size of the input and output even for large batches.
+    """
+    oh, ow = out_hw
+    for ky in range(k[0]):
+        r0 = ky * dilation[0]
+        for kx in range(k[1]):
+            c0 = kx * dilation[1]
+            yield ky, kx, xp[:, r0:r0 + (oh - 1) * stride[0] + 1:stride[0],
+                             c0:c0 + (ow - 1) * stride[1] + 1:stride[1], :]
 
 
 def _out_hw(h: int, w: int, k: tuple[int, int], stride: tuple[int, int],
@@ -216,10 +234,13 @@ def conv2d_s8(x: np.ndarray, weights: np.ndarray, bias: np.ndarray | None = None
     s = _per_channel("shift", shift, cout, -31, 30)
     b = _bias(bias, cout)
     # Zero-padding after the offset is added == skipping the padded taps.
-    win = _windows(x.astype(np.int64) + input_offset, k, stride, dilation, pad, out_hw, fill=0)
-    cols = win.reshape(n * out_hw[0] * out_hw[1], kh * kw * cin)
-    acc = cols @ weights.reshape(cout, -1).astype(np.int64).T + b
-    acc = _check_acc("conv2d_s8", acc).reshape(n, out_hw[0], out_hw[1], cout)
+    xp = _pad(x.astype(np.int64) + input_offset, pad, fill=0)
+    w64 = weights.astype(np.int64)
+    acc = np.zeros((n, *out_hw, cout), dtype=np.int64)
+    for ky, kx, view in _taps(xp, k, stride, dilation, out_hw):
+        acc += view @ w64[:, ky, kx, :].T
+    acc += b
+    acc = _check_acc("conv2d_s8", acc)
     return requantize_to_int8(acc, m, s, output_offset, act_min, act_max, mode)
 
 
@@ -250,9 +271,13 @@ def depthwise_conv2d_s8(x: np.ndarray, weights: np.ndarray, bias: np.ndarray | N
     m = _per_channel("multiplier", multiplier, cout, 0, INT32_MAX)
     s = _per_channel("shift", shift, cout, -31, 30)
     b = _bias(bias, cout)
-    win = _windows(x.astype(np.int64) + input_offset, k, stride, dilation, pad, out_hw, fill=0)
-    win = np.repeat(win, depth_multiplier, axis=-1)  # channel ic*M + m holds input channel ic
-    acc = (win * weights[0].astype(np.int64)).sum(axis=(3, 4)) + b
+    xp = _pad(x.astype(np.int64) + input_offset, pad, fill=0)
+    xp = np.repeat(xp, depth_multiplier, axis=-1)  # channel ic*M + m holds input channel ic
+    w64 = weights[0].astype(np.int64)
+    acc = np.zeros((n, *out_hw, cout), dtype=np.int64)
+    for ky, kx, view in _taps(xp, k, stride, dilation, out_hw):
+        acc += view * w64[ky, kx]
+    acc += b
     acc = _check_acc("depthwise_conv2d_s8", acc)
     return requantize_to_int8(acc, m, s, output_offset, act_min, act_max, mode)
 
@@ -302,8 +327,10 @@ def max_pool2d_s8(x: np.ndarray, *, kernel: IntPair, stride: IntPair | None = No
     x, k, st, pad, out_hw = _pool_setup(x, kernel, stride, padding)
     _check_act(act_min, act_max)
     # Below any int8, so padding never wins; an all-padding window -> -128.
-    win = _windows(x, k, st, (1, 1), pad, out_hw, fill=-129)
-    mx = np.maximum(win.max(axis=(3, 4)), -128)
+    mx = np.full((x.shape[0], *out_hw, x.shape[3]), -129, dtype=np.int64)
+    for _, _, view in _taps(_pad(x, pad, fill=-129), k, st, (1, 1), out_hw):
+        np.maximum(mx, view, out=mx)
+    mx = np.maximum(mx, -128)
     return np.clip(mx, act_min, act_max).astype(np.int8)
 
 
@@ -317,9 +344,14 @@ def avg_pool2d_s8(x: np.ndarray, *, kernel: IntPair, stride: IntPair | None = No
     """
     x, k, st, pad, out_hw = _pool_setup(x, kernel, stride, padding)
     _check_act(act_min, act_max)
-    total = _windows(x, k, st, (1, 1), pad, out_hw, fill=0).sum(axis=(3, 4))
-    ones = np.ones((1,) + x.shape[1:3] + (1,), dtype=np.int8)
-    count = _windows(ones, k, st, (1, 1), pad, out_hw, fill=0).sum(axis=(3, 4))
+    total = np.zeros((x.shape[0], *out_hw, x.shape[3]), dtype=np.int64)
+    for _, _, view in _taps(_pad(x, pad, fill=0), k, st, (1, 1), out_hw):
+        total += view
+    # How many taps of each window fall inside the image: the same walk over a mask.
+    count = np.zeros((1, *out_hw, 1), dtype=np.int64)
+    inside = _pad(np.ones((1, *x.shape[1:3], 1), dtype=np.int64), pad, fill=0)
+    for _, _, view in _taps(inside, k, st, (1, 1), out_hw):
+        count += view
     if count.min() == 0:
         raise ValueError("avg_pool2d_s8: a window lies entirely in the padding "
                          f"(kernel {k}, padding {pad}); TFLite rejects this")
@@ -393,4 +425,131 @@ def add_s8(x1: np.ndarray, x2: np.ndarray, *, input1_offset: int, input2_offset:
     total = _check_acc("add_s8", total)
     return requantize_to_int8(total, output_multiplier, output_shift, output_offset,
                               act_min, act_max, mode)
+
+
+# ----------------------------------------------------------------------------
+# softmax: gemmlowp-style fixed point, twin of softmax_s8.c
+
+SOFTMAX_SCALED_DIFF_INT_BITS = 5  # input differences in Q5.26
+SOFTMAX_ACCUM_INT_BITS = 12  # sum of exps in Q12.19
+SOFTMAX_MAX_DEPTH = 4095  # more and the Q12.19 sum could overflow
+
+# exp(-2^k) for k = -2 .. 4 in Q0.31; tests recompute them from math.exp.
+_EXP_MINUS_POW2 = (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)
+_EXP_MINUS_ONE_EIGHTH = 1895147668  # exp(-1/8), Q0.31
+_ONE_THIRD = 715827883  # 1/3, Q0.31
+_FORTY_EIGHT_17THS = 1515870810  # 48/17, Q2.29
+_MINUS_THIRTY_TWO_17THS = -1010580540  # -32/17, Q2.29
+
+
+def _mul(a, b) -> np.ndarray:
+    return saturating_rounding_doubling_high_mul(a, b)
+
+
+def _sat_shift_left(x: np.ndarray, exponent: int) -> np.ndarray:
+    limit = (1 << (31 - exponent)) - 1
+    return np.where(x > limit, INT32_MAX, np.where(x < -limit, INT32_MIN, x << exponent))
+
+
+def _exp_on_quarter_interval(a: np.ndarray) -> np.ndarray:
+    """exp(a) for a in [-1/4, 0), Q0.31 in and out: Taylor polynomial around -1/8."""
+    x = a + (1 << 28)
+    x2 = _mul(x, x)
+    x3 = _mul(x2, x)
+    x4 = _mul(x2, x2)
+    x4_over_4 = rounding_divide_by_pot(x4, 2)
+    poly = rounding_divide_by_pot(_mul(x4_over_4 + x3, _ONE_THIRD) + x2, 1)
+    return _EXP_MINUS_ONE_EIGHTH + _mul(_EXP_MINUS_ONE_EIGHTH, x + poly)
+
+
+def _exp_on_negative_values(a: np.ndarray) -> np.ndarray:
+    """exp(a) for a <= 0, a in Q5.26, result in Q0.31."""
+    frac_bits = 31 - SOFTMAX_SCALED_DIFF_INT_BITS
+    quarter = 1 << (frac_bits - 2)
+    r = (a & (quarter - 1)) - quarter  # a = r - q, r in [-1/4, 0), q a multiple of 1/4
+    q = r - a
+    result = _exp_on_quarter_interval(_sat_shift_left(r, SOFTMAX_SCALED_DIFF_INT_BITS))
+    for k, factor in enumerate(_EXP_MINUS_POW2):
+        result = np.where(q & (1 << (frac_bits - 2 + k)), _mul(result, factor), result)
+    return np.where(a == 0, INT32_MAX, result)
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Bits needed for each non-negative value (binary search, integers only)."""
+    n = np.zeros_like(x)
+    v = x.copy()
+    for s in (16, 8, 4, 2, 1):
+        big = v >= (1 << s)
+        n += np.where(big, s, 0)
+        v = np.where(big, v >> s, v)
+    return n + (v > 0)
+
+
+def _one_over_one_plus_x(a: np.ndarray) -> np.ndarray:
+    """1 / (1 + a) for a in [0, 1), Q0.31: three Newton-Raphson steps in Q2.29."""
+    total = a + INT32_MAX
+    half_denominator = np.where(total >= 0, (total + 1) // 2, -((-total + 1) // 2))
+    x = _FORTY_EIGHT_17THS + _mul(half_denominator, _MINUS_THIRTY_TWO_17THS)
+    for _ in range(3):
+        error = (1 << 29) - _mul(half_denominator, x)
+        x = x + _sat_shift_left(_mul(x, error), 2)
+    return _sat_shift_left(x, 1)
+
+
+def softmax_params(input_scale: float, beta: float = 1.0,
+                   mode: RoundingMode = "double") -> dict[str, int]:
+    """Fixed-point params of an int8 softmax from beta and the input scale, as TFLite's Prepare.
+
+    Keys are the fields of C's mf_softmax_params (less rows/depth) and the
+    keywords of softmax_s8. beta and the scale are rounded to float32 first,
+    as a .tflite file stores them.
+    """
+    _check_mode(mode)
+    scale, beta = float(np.float32(input_scale)), float(np.float32(beta))
+    if scale <= 0 or beta <= 0:
+        raise ValueError(f"softmax needs input scale > 0 and beta > 0, got {scale}, {beta}")
+    # Single rounding keeps the left shift <= 30; double allows 31.
+    max_real = (1 << 30) - 1.0 if mode == "single" else (1 << 31) - 1.0
+    real = min(beta * scale * (1 << (31 - SOFTMAX_SCALED_DIFF_INT_BITS)), max_real)
+    multiplier, left_shift = quantize_multiplier(real, mode)
+    if left_shift < 0:
+        raise ValueError(f"softmax: beta * input_scale = {beta * scale} is too small "
+                         "(TFLite needs beta * scale * 2^26 >= 0.5)")
+    max_rescaled = ((1 << SOFTMAX_SCALED_DIFF_INT_BITS) - 1) * \
+        (1 << (31 - SOFTMAX_SCALED_DIFF_INT_BITS)) / (1 << left_shift)
+    return {"input_multiplier": multiplier, "input_left_shift": left_shift,
+            "diff_min": -int(np.floor(max_rescaled))}
+
+
+def softmax_s8(x: np.ndarray, *, input_multiplier: int, input_left_shift: int, diff_min: int,
+               mode: RoundingMode = "double") -> np.ndarray:
+    """Softmax over the last axis as TFLite's reference int8 Softmax; C: mf_softmax_s8.
+
+    Output scale is 1/256 and zero point -128, as TFLite requires. Usually
+    called as ``softmax_s8(x, **softmax_params(scale, beta, mode), mode=mode)``.
+    """
+    x = _int8("x", x)
+    _check_mode(mode)
+    if x.ndim < 1 or not 1 <= x.shape[-1] <= SOFTMAX_MAX_DEPTH:
+        raise ValueError(f"softmax depth must be in [1, {SOFTMAX_MAX_DEPTH}], got shape {x.shape}")
+    if not 0 <= input_multiplier <= INT32_MAX or not 0 <= input_left_shift <= 31 or diff_min > 0:
+        raise ValueError(f"softmax params out of range: {input_multiplier}, {input_left_shift}, "
+                         f"{diff_min}")
+    diff = x.astype(np.int64) - x.max(axis=-1, keepdims=True)
+    counted = diff >= diff_min
+    # Differences below diff_min are never rescaled (they could overflow).
+    scaled = multiply_by_quantized_multiplier(np.where(counted, diff, 0), input_multiplier,
+                                              input_left_shift, mode)
+    exps = _exp_on_negative_values(scaled)
+    total = np.where(counted, rounding_divide_by_pot(exps, SOFTMAX_ACCUM_INT_BITS), 0).sum(
+        axis=-1, keepdims=True)
+    headroom = 32 - _bit_length(total)
+    bits_over_unit = SOFTMAX_ACCUM_INT_BITS - headroom
+    shifted = ((total << headroom) & 0xFFFFFFFF) - (1 << 31)
+    reciprocal = _one_over_one_plus_x(shifted)
+    prob = _mul(reciprocal, exps)
+    exponent = np.broadcast_to(bits_over_unit + 31 - 8, prob.shape)
+    # Past a shift of 31 every probability rounds to 0 (the C kernel says why).
+    q = np.where(exponent > 31, 0, rounding_divide_by_pot(prob, np.minimum(exponent, 31)))
+    return np.where(counted, np.clip(q - 128, -128, 127), -128).astype(np.int8)
 

@@ -18,7 +18,7 @@
 #include "mf_runtime.h"
 
 enum { OP_CONV2D = 1, OP_DWCONV2D = 2, OP_FC = 3, OP_MAXPOOL = 4, OP_AVGPOOL = 5, OP_ADD = 6,
-       OP_ADD_IN_PLACE = 7 /* add with output == in1 */ };
+       OP_ADD_IN_PLACE = 7 /* add with output == in1 */, OP_SOFTMAX = 8 };
 enum { MAX_PARAMS = 32, MAX_ARRAYS = 8 };
 
 static void die(const char *msg)
@@ -193,6 +193,15 @@ int main(void)
             } else {
                 mf_add_s8(&p, arr[0], arr[1], out);
             }
+            break;
+        }
+        case OP_SOFTMAX: {
+            mf_softmax_params p;
+            expect_params(n_params, 5);
+            expect_arrays(n_arrays, 1);
+            p.rows = prm[0]; p.depth = prm[1];
+            p.input_multiplier = prm[2]; p.input_left_shift = prm[3]; p.diff_min = prm[4];
+            mf_softmax_s8(&p, arr[0], out);
             break;
         }
         default:

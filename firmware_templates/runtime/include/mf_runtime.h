@@ -20,5 +20,6 @@
 #include "mf_fully_connected_s8.h"
 #include "mf_pool2d_s8.h"
 #include "mf_add_s8.h"
+#include "mf_softmax_s8.h"
 
 #endif /* MF_RUNTIME_H */
