@@ -50,14 +50,49 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="keep at most this fraction of the MACs (default 0.5: 2x fewer)")
     p.add_argument("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS,
                    help=f"fine-tuning epochs (default {DEFAULT_FINETUNE_EPOCHS})")
+    p.add_argument("--criterion", default="l1",
+                   choices=("l1", "l2", "bn_scale", "taylor", "random"),
+                   help="channel importance (default l1)")
+    p.add_argument("--ranking", choices=("local", "global"), default="local",
+                   help="rank channels per layer (local, default) or across layers (global)")
+    p.add_argument("--round-to", type=int, default=None,
+                   help="keep channel counts a multiple of this (default: 4 on Cortex-M4/M7, else 1)")
+    p.add_argument("--protect", action="append", default=[], metavar="LAYER",
+                   help="leave this layer's channels whole (repeatable)")
+    p.add_argument("--fit-target", metavar="BOARD",
+                   help="search the pruning that fits BOARD's flash/RAM (minus the firmware) "
+                   "with the best validation accuracy; replaces --mac-ratio")
+    p.add_argument("--fit-macs", type=int, default=None,
+                   help="with --fit-target: also keep at most this many MACs")
+    p.add_argument("--schedule", default="one-shot",
+                   choices=("one-shot", "iterative", "imp-weight-rewind", "imp-lr-rewind",
+                            "gradual"), help="how to reach the MAC target (default one-shot)")
+    p.add_argument("--steps", type=int, default=3, help="steps of a multi-step schedule")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune with knowledge distillation from the unpruned model")
+    p.add_argument("--weight-sparsity", type=float, default=0.0,
+                   help="also zero this fraction of weights by magnitude (unstructured; saves "
+                   "no flash until the runtime stores sparse weights)")
+
+
+def _prune_options(args: argparse.Namespace) -> dict:
+    return {"criterion": args.criterion, "ranking": args.ranking, "round_to": args.round_to,
+            "protect": args.protect, "fit_target": args.fit_target, "fit_macs": args.fit_macs,
+            "schedule": args.schedule, "steps": args.steps, "distill": args.distill,
+            "weight_sparsity": args.weight_sparsity}
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounding", choices=("double", "single"), default="double",
                    help="requantization rounding: 'double' = TFLite Micro / CMSIS-NN (what devices "
-                   "run, default), 'single' = LiteRT interpreter")
-    p.add_argument("--calibration", choices=("minmax",), default="minmax",
-                   help="activation range calibration method")
+                   "run, default), 'single' = TFLite's TFLITE_SINGLE_ROUNDING builds")
+    p.add_argument("--calibration", choices=("minmax", "moving_average", "percentile", "mse"),
+                   default="minmax",
+                   help="activation range calibration: minmax (default), moving_average (EMA of "
+                   "per-batch extremes), percentile (clips the rarest 0.01%%), mse (range with "
+                   "the smallest int8 error); see docs/quantization.md")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="subtract the mean error weight rounding adds to each output channel")
     p.add_argument("--calibration-samples", type=int, default=500,
                    help="training samples used to calibrate (default 500)")
 
@@ -72,6 +107,8 @@ def _add_validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baud", type=int, default=115200, help="baud rate (default 115200)")
     p.add_argument("--limit", type=int, help="validate only the first N test samples")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
+    p.add_argument("--retries", type=int, default=3,
+                   help="resends per request before giving up (default 3; raise it on a noisy line)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,14 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="split the data and train the float model")
     _add_run_arg(p)
     _add_train_args(p)
-    p = sub.add_parser("prune", help="structured L1 filter pruning + fine-tuning, then ONNX export")
+    p = sub.add_parser("prune", help="structured channel pruning (to a MAC ratio or to fit a board) "
+                       "+ fine-tuning, then ONNX export")
     _add_run_arg(p)
     _add_prune_args(p)
+    p = sub.add_parser("sensitivity", help="validation accuracy after pruning each layer "
+                       "group alone at several ratios: sensitivity.json/.csv/.png")
+    _add_run_arg(p)
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                   help="fractions of a group's channels to remove (default 0.25 0.5 0.75)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: the machine's cores)")
+    p.add_argument("--criterion", default="l1", help="channel importance (default l1)")
     p = sub.add_parser("quantize", help="import float.onnx, calibrate and quantize to int8")
     _add_run_arg(p)
     _add_quant_args(p)
-    p = sub.add_parser("generate", help="generate C sources (model.h/.c, weights, memory plan)")
-    _add_run_arg(p)
+    p = sub.add_parser("generate", help="generate C sources (model.h/.c, weights, memory plan); "
+                       "`generate model.tflite` starts from an int8 .tflite instead")
+    p.add_argument("run", type=Path, help="run folder, or an int8 .tflite file (then the run "
+                   "folder is the file's path without .tflite, or --out)")
+    p.add_argument("--tflite", type=Path, help="import this int8 .tflite as the run's quant.json "
+                   "first (no PyTorch or TensorFlow needed)")
+    p.add_argument("--out", type=Path, help="run folder when RUN is a .tflite file")
     _add_target_arg(p)
     p = sub.add_parser("build", help="render the firmware project and compile it; check the fit")
     _add_run_arg(p)
@@ -110,12 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulate", help="boot the firmware in the board's emulator and serve its "
                        "serial port until Ctrl-C")
     _add_run_arg(p)
+    p.add_argument("--host", action="store_true",
+                   help="instead, build the model with the device protocol as a host program and "
+                   "serve it on a pseudo-terminal (/dev/pts/N)")
+    p = sub.add_parser("flash", help="program a real board with the built firmware (avrdude, "
+                       "pyocd, openocd, st-flash, UF2 copy, ...); prints the exact command")
+    _add_run_arg(p)
+    _add_target_arg(p)
+    p.add_argument("--port", help="serial port of the board's bootloader (avrdude, arduino-cli) "
+                   "or mount point of its UF2 drive (RP2040)")
+    p.add_argument("--tool", help="use this flasher of the board file instead of the first "
+                   "installed one")
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
     p = sub.add_parser("validate", help="send the test set to the device, compare with the "
                        "reference, measure latency")
     _add_run_arg(p)
     _add_validate_args(p)
-    p = sub.add_parser("report", help="(re)write report.json / report.md and print the summary")
+    p = sub.add_parser("report", help="render report.md and plots from report.json (rebuilt from "
+                       "the artifacts when they are newer) and print the summary")
     _add_run_arg(p)
+    p.add_argument("--rebuild", action="store_true",
+                   help="rebuild report.json from the run's artifacts even if it is current")
     sub.add_parser("targets", help="list the boards microfit knows, with their limits")
     return parser
 
@@ -141,7 +207,7 @@ def _cmd_targets(args, console) -> dict:
         t = Table(title="microfit targets")
         cols = list(rows[0].keys()) if rows else ["name"]
         for c in cols:
-            t.add_column(c)
+            t.add_column(c, no_wrap=c == "name")
         for r in rows:
             t.add_row(*(str(r.get(c, "")) for c in cols))
         console.print(t)
@@ -173,39 +239,55 @@ def main(argv: list[str] | None = None) -> int:
             _step(console, "train", lambda: stages.stage_train(
                 run, args.model, args.data, args.epochs, args.seed, progress), q)
             _step(console, "prune", lambda: stages.stage_prune(
-                run, args.mac_ratio, args.finetune_epochs, args.seed, progress), q)
+                run, args.mac_ratio, args.finetune_epochs, args.seed, progress,
+                **_prune_options(args)), q)
             _step(console, "quantize", lambda: stages.stage_quantize(
-                run, args.rounding, args.calibration, args.calibration_samples), q)
+                run, args.rounding, args.calibration, args.calibration_samples,
+                args.bias_correction), q)
             _step(console, "generate", lambda: stages.stage_generate(run, args.target), q)
             _step(console, "build", lambda: stages.stage_build(run, args.target), q)
             _step(console, "validate", lambda: stages.stage_validate(
-                run, args.port, args.limit, progress, args.baud, args.timeout), q)
+                run, args.port, args.limit, progress, args.baud, args.timeout, args.retries), q)
             result = write_report(run)
             result["wall_seconds"] = round(time.time() - t0, 1)
             if not args.json:
                 print_summary(result, console)
                 console.print(f"report: {run.file('report.md')}  ({result['wall_seconds']} s)")
         else:
+            if args.verb == "generate" and args.run.suffix == ".tflite":
+                args.tflite = args.tflite or args.run
+                args.run = args.out or args.run.with_suffix("")
             run = RunFolder(args.run)
             if args.verb == "train":
                 result = stages.stage_train(run, args.model, args.data, args.epochs, args.seed, progress)
             elif args.verb == "prune":
                 result = stages.stage_prune(run, args.mac_ratio, args.finetune_epochs,
-                                            run.settings().get("seed", 0), progress)
+                                            run.settings().get("seed", 0), progress,
+                                            **_prune_options(args))
+            elif args.verb == "sensitivity":
+                from .prune.stage import sensitivity_for_run
+
+                result = sensitivity_for_run(run, args.ratios, args.jobs, args.criterion,
+                                             progress)
             elif args.verb == "quantize":
                 result = stages.stage_quantize(run, args.rounding, args.calibration,
-                                               args.calibration_samples)
+                                               args.calibration_samples, args.bias_correction)
             elif args.verb == "generate":
-                result = stages.stage_generate(run, args.target)
+                result = stages.stage_generate(run, args.target, args.tflite)
             elif args.verb == "build":
                 result = stages.stage_build(run, args.target)
+            elif args.verb == "flash":
+                from .flash import flash_run
+
+                result = flash_run(run.path, args.target, args.port, args.tool, args.dry_run,
+                                   echo=lambda m: console.print(m, markup=False, highlight=False))
             elif args.verb == "emulate":
-                result = _emulate(run, console)
+                result = _emulate(run, console, host=args.host)
             elif args.verb == "validate":
                 result = stages.stage_validate(run, args.port, args.limit, progress, args.baud,
-                                               args.timeout)
+                                               args.timeout, args.retries)
             elif args.verb == "report":
-                result = write_report(run)
+                result = write_report(run, rebuild=args.rebuild)
                 if not args.json:
                     print_summary(result, console)
             else:  # pragma: no cover - argparse rejects unknown verbs
@@ -230,14 +312,26 @@ def _short(result: dict) -> dict:
     return {k: v for k, v in result.items() if not (isinstance(v, list) and len(v) > 20)}
 
 
-def _emulate(run: RunFolder, console) -> dict:
-    from .emulate.qemu import QemuSession
+def _emulate(run: RunFolder, console, host: bool = False) -> dict:
+    from contextlib import AbstractContextManager
+
+    from .emulate import emulator_session
     from .target.boards import load_board
 
-    board = load_board(run.settings().get("target") or DEFAULT_TARGET)
-    elf = Path(run.read_json("build.json")["elf"])
-    with QemuSession(board, elf) as url:
-        console.print(f"{board.name} is running {elf}; serial port: [bold]{url}[/bold]")
+    session: AbstractContextManager[str]
+    if host:
+        from .harness.hostdev import HostDevice, build_host_device
+
+        elf = build_host_device(run.need("generated"), run.file("hostdev") / "mf_host_device")
+        board_name = "host"
+        session = HostDevice(elf)
+    else:
+        board = load_board(run.settings().get("target") or DEFAULT_TARGET)
+        board_name = board.name
+        elf = Path(run.read_json("build.json")["elf"])
+        session = emulator_session(board, elf)
+    with session as url:
+        console.print(f"{board_name} is running {elf}; serial port: [bold]{url}[/bold]")
         console.print(f"validate it from another shell: microfit validate {run.path} --port {url}")
         console.print("Ctrl-C stops the emulator.")
         try:

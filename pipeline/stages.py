@@ -76,11 +76,14 @@ def stage_train(run: RunFolder, model: str | None = None, data: str | None = Non
 
 def stage_prune(run: RunFolder, target_mac_ratio: float = 0.5,
                 finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS,
-                seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                seed: int = 0, progress: bool = True, **options: Any) -> dict[str, Any]:
+    """``options``: criterion, ranking, round_to, protect, fit_target, fit_macs
+    (microfit.prune.stage.prune_for_run)."""
     import torch
 
     from .export.onnx_export import export_onnx
-    from .prune import count_macs_params, prune, save_plan
+    from .prune import count_macs_params, save_plan
+    from .prune.stage import prune_for_run
     from .train.data import load_splits
     from .train.fit import evaluate
 
@@ -89,8 +92,8 @@ def stage_prune(run: RunFolder, target_mac_ratio: float = 0.5,
     shape = (1,) + tuple(splits.input_shape)
     float_acc = evaluate(model, splits.x_test, splits.y_test)
     t0 = time.time()
-    res = prune(model, splits, target_mac_ratio=target_mac_ratio,
-                finetune_epochs=finetune_epochs, seed=seed, progress=progress)
+    res, extra = prune_for_run(model, splits, target_mac_ratio, finetune_epochs, seed, progress,
+                               board=run.settings().get("target"), **options)
     save_plan(res.plan, run.file("prune_plan.json"))
     torch.save(res.model.state_dict(), run.file("pruned.pt"))
     pruned_acc = evaluate(res.model, splits.x_test, splits.y_test)
@@ -107,12 +110,14 @@ def stage_prune(run: RunFolder, target_mac_ratio: float = 0.5,
         "prune_seconds": round(time.time() - t0, 2),
     }
     assert macs == res.macs_after and params == res.params_after, "MAC count mismatch"
+    info.update(extra)
     run.write_json("prune.json", info)
     return info
 
 
 def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = "minmax",
-                   calibration_samples: int = 500) -> dict[str, Any]:
+                   calibration_samples: int = 500,
+                   bias_correction: bool = False) -> dict[str, Any]:
     from .ir.graph import Graph
     from .ir.onnx_import import import_onnx, nchw_to_ir
     from .quantize.quantize import QuantizeConfig, quantize, quantize_input
@@ -124,7 +129,8 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
     splits = load_splits(run.need("data.npz"))
     # Calibrate on training data only: the test split stays unseen.
     calib = nchw_to_ir(splits.x_train[:calibration_samples])
-    qgraph = quantize(fgraph, calib, QuantizeConfig(rounding=rounding, calibration=calibration))
+    qgraph = quantize(fgraph, calib, QuantizeConfig(rounding=rounding, calibration=calibration,
+                                                    bias_correction=bias_correction))
     qgraph.save(run.file("quant.json"), run.file("quant.npz"))
     x_test = nchw_to_ir(splits.x_test)
     float_pred = run_float(fgraph, x_test).argmax(-1)
@@ -135,6 +141,7 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
         "rounding": rounding,
         "calibration": calibration,
         "calibration_samples": int(len(calib)),
+        "bias_correction": bias_correction,
         "ir_float_test_accuracy": float(np.mean(float_pred == splits.y_test)),
         "int8_test_accuracy": float(np.mean(int8_pred == splits.y_test)),
         "test_samples": int(len(splits.y_test)),
@@ -147,12 +154,20 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
     return info
 
 
-def stage_generate(run: RunFolder, target: str | None = None) -> dict[str, Any]:
+def stage_generate(run: RunFolder, target: str | None = None,
+                   tflite: Path | None = None) -> dict[str, Any]:
     from .codegen.generate import generate
     from .ir.graph import Graph
 
     target = target or run.settings().get("target") or DEFAULT_TARGET
+    run.ensure()
     run.update_settings(target=target)
+    if tflite is not None:
+        # An int8 .tflite replaces train/prune/quantize: it becomes quant.json.
+        from .ir.tflite_import import import_tflite
+
+        import_tflite(tflite).save(run.file("quant.json"), run.file("quant.npz"))
+        run.update_settings(tflite=str(tflite))
     qgraph = Graph.load(run.need("quant.json"), run.need("quant.npz"))
     gen = generate(qgraph, run.file("generated"), board_name=target)
     info = gen.summary()
@@ -172,15 +187,21 @@ def stage_build(run: RunFolder, target: str | None = None) -> dict[str, Any]:
     res = build_firmware(project, board)
     info = res.to_json() if hasattr(res, "to_json") else dict(res.__dict__)
     info["board"] = board.name
+    from .target.arduino import export_for_run  # Arduino boards: the model as a library too
+
+    library = export_for_run(run.path, board)
+    if library is not None:
+        info["arduino_library"] = str(library)
     run.write_json("build.json", info)
     return info
 
 
 def stage_validate(run: RunFolder, port: str | None = None, limit: int | None = None,
-                   progress: bool = True, baud: int = 115200, timeout: float = 10.0) -> dict[str, Any]:
+                   progress: bool = True, baud: int = 115200, timeout: float = 10.0,
+                   retries: int = 3) -> dict[str, Any]:
     from contextlib import nullcontext
 
-    from .emulate.qemu import QemuSession
+    from .emulate import emulator_session
     from .harness.client import DeviceClient
     from .harness.validate import validate
     from .ir.graph import Graph
@@ -200,22 +221,26 @@ def stage_validate(run: RunFolder, port: str | None = None, limit: int | None = 
         x, y = x[:limit], y[:limit]
     xq = quantize_input(x, qgraph.tensors[qgraph.inputs[0]].quant)
     expected = run_int8(qgraph, xq)
-    elf = Path(run.read_json("build.json")["elf"])
     if port is None and getattr(board, "emulator", None) is None:
         raise MicrofitError(f"board {board.name} has no emulator: give --port (e.g. /dev/ttyACM0) "
                             "for the real board")
-    ctx = QemuSession(board, elf) if port is None else nullcontext(port)
+    # With --port the device is already running: build.json is not needed.
+    ctx = (emulator_session(board, Path(run.read_json("build.json")["elf"])) if port is None
+           else nullcontext(port))
     with ctx as url:
-        client = DeviceClient(url, baud=baud, timeout=timeout)
+        client = DeviceClient(url, baud=baud, timeout=timeout, retries=retries)
         try:
             info = client.hello(expected_hash=qgraph.content_hash()[:8])
             res = validate(client, xq.reshape(len(xq), -1), labels=y,
-                           expected=expected.reshape(len(expected), -1), progress=progress)
+                           expected=expected.reshape(len(expected), -1), progress=progress,
+                           layer_names=[f"{n.op} {n.name}" for n in qgraph.nodes])
         finally:
             client.close()
     out = res.to_json() if hasattr(res, "to_json") else dict(res.__dict__)
     out["device"] = info.to_json() if hasattr(info, "to_json") else dict(info.__dict__)
-    out["port"] = port or "qemu"
+    out["port"] = port or board.emulator.kind
+    if getattr(ctx, "stack_peak", None) is not None:  # simavr measures the stack it used
+        out["stack_peak_bytes"] = ctx.stack_peak
     out["reference_accuracy"] = float(np.mean(expected.reshape(len(expected), -1).argmax(-1) == y))
     run.write_json("validate.json", out)
     return out

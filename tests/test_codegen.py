@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import export_torch, randomize_bn
-from models import MODELS
-from torch import nn
+from models import MODELS, mlp
 
 from microfit.codegen.generate import generate
 from microfit.codegen.host import build_host_model, run_host_model
@@ -16,10 +15,13 @@ from microfit.ir.onnx_import import import_onnx, nchw_to_ir
 from microfit.quantize.quantize import QuantizeConfig, quantize, quantize_input
 from microfit.reference.executor import run_int8
 
+# Every model of tests/models.py, and one that ends in SOFTMAX.
+CODEGEN_MODELS = {**MODELS, "mlp_softmax": mlp}
+
 
 def _quantized(name: str, tmp_path, mode: str = "double"):
     torch.manual_seed(0)
-    model = MODELS[name]()
+    model = CODEGEN_MODELS[name]()
     randomize_bn(model)
     graph = import_onnx(export_torch(model, (1, 1, 8, 8), tmp_path / f"{name}.onnx"))
     x = nchw_to_ir(np.random.default_rng(0).random((300, 1, 8, 8), dtype=np.float32))
@@ -28,7 +30,7 @@ def _quantized(name: str, tmp_path, mode: str = "double"):
 
 
 @pytest.mark.parametrize("mode", ["double", "single"])
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(CODEGEN_MODELS))
 def test_host_build_matches_reference_bytes(name, mode, tmp_path):
     q, xq = _quantized(name, tmp_path, mode)
     ref = run_int8(q, xq).reshape(len(xq), -1)
@@ -83,12 +85,29 @@ def test_generated_model_uses_no_float_and_no_malloc(tmp_path):
         assert banned not in text, banned
 
 
-def test_op_without_kernel_is_a_clear_error(tmp_path):
+def test_every_ir_op_has_a_kernel_emitter():
+    from microfit.codegen.kernels import EMITTERS
+    from microfit.ir.graph import OPS
+
+    assert set(OPS) <= set(EMITTERS)
+
+
+def test_op_without_kernel_is_a_clear_error(tmp_path, monkeypatch):
+    from microfit.codegen import kernels
     from microfit.errors import UnsupportedOpError
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(-1))
-    graph = import_onnx(export_torch(model, (1, 1, 8, 8), tmp_path / "m.onnx"))
-    x = nchw_to_ir(np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32))
-    q = quantize(graph, x)
+    q, _ = _quantized("mlp_softmax", tmp_path)
+    monkeypatch.delitem(kernels.EMITTERS, "SOFTMAX")
     with pytest.raises(UnsupportedOpError, match="SOFTMAX"):
         generate(q, tmp_path / "gen")
+
+
+def test_softmax_model_output_is_a_distribution(tmp_path):
+    """The generated softmax writes probabilities in 1/256 units that sum to about one."""
+    q, xq = _quantized("mlp_softmax", tmp_path)
+    assert q.nodes[-1].op == "SOFTMAX"
+    gen = generate(q, tmp_path / "gen")
+    assert "mf_softmax_s8(" in (gen.out_dir / "model.c").read_text()
+    exe = build_host_model(gen.out_dir, tmp_path / "model_host", sanitize=True)
+    out = run_host_model(exe, xq[:50].reshape(50, -1), 10).astype(int) + 128
+    assert np.all(np.abs(out.sum(axis=1) - 256) <= 10)

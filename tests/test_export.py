@@ -7,10 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
+
 from microfit.export import ExportError, export_onnx
 from microfit.prune import apply_plan, make_plan
 from microfit.train import load_digits_splits, make_default_model, predict
-from torch import nn
 
 
 @pytest.fixture(scope="module")

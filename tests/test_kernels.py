@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from microfit.build.host import compile_host, runtime_dir, runtime_sources
+from microfit.codegen import layouts
 from microfit.errors import BuildError, ToolchainMissingError
 from microfit.quantize.fixedpoint import (
     INT32_MAX,
@@ -42,6 +43,7 @@ DRIVER_SRC = Path(__file__).parent / "c" / "kernel_driver.c"
 N_CASES = 300
 
 OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_ADD_IN_PLACE, OP_SOFTMAX = range(1, 9)
+OP_CONV2D_FAST = 9
 
 
 # --------------------------------------------------------------------------
@@ -65,6 +67,8 @@ class Case:
     @property
     def bounds(self) -> tuple[int, int]:
         """The output range: the activation range, the int8 range for softmax."""
+        if self.op == OP_CONV2D_FAST:
+            return self.params[16], self.params[17]
         return (-128, 127) if self.op == OP_SOFTMAX else (self.params[-2], self.params[-1])
 
 
@@ -100,21 +104,28 @@ def run_driver(driver: Path, cases: list[Case], out_sizes: list[int]) -> list[np
 
 
 @pytest.fixture(scope="module")
-def kernel_driver(tmp_path_factory) -> Callable[[str], Path]:
-    """The sanitized driver for a rounding mode, built once per module and mode."""
-    built: dict[str, Path] = {}
+def kernel_driver(tmp_path_factory) -> Callable[..., Path]:
+    """The sanitized driver for a rounding mode, built once per module and mode.
 
-    def get(mode: str) -> Path:
-        if mode not in built:
-            out = tmp_path_factory.mktemp("kernels") / f"kernel_driver_{mode}"
+    ``simd=True`` builds the fast kernels' DSP code with portable emulations
+    of the instructions (MF_SIMD_EMULATE); otherwise they take their plain
+    multiply-accumulate loops, as on a Cortex-M0/M3.
+    """
+    built: dict[tuple[str, bool], Path] = {}
+
+    def get(mode: str, simd: bool = False) -> Path:
+        if (mode, simd) not in built:
+            out = tmp_path_factory.mktemp("kernels") / f"kernel_driver_{mode}{'_simd' * simd}"
             defines = {"MF_SINGLE_ROUNDING": "1"} if mode == "single" else {}
+            if simd:
+                defines["MF_SIMD_EMULATE"] = "1"
             try:
-                built[mode] = compile_host([DRIVER_SRC, *runtime_sources()], out,
-                                           [runtime_dir() / "include"], defines=defines,
-                                           extra_flags=("-pedantic",))
+                built[mode, simd] = compile_host([DRIVER_SRC, *runtime_sources()], out,
+                                                 [runtime_dir() / "include"], defines=defines,
+                                                 extra_flags=("-pedantic",))
             except ToolchainMissingError as exc:
                 pytest.skip(str(exc))
-        return built[mode]
+        return built[mode, simd]
 
     return get
 
@@ -384,6 +395,53 @@ def test_kernel_matches_reference_bytes(kernel_driver, kernel, mode):
     inside = np.mean([((e > c.bounds[0]) & (e < c.bounds[1])).mean()
                       for c, e in zip(cases, expected, strict=True)])
     assert inside > 0.4, f"only {inside:.0%} of outputs lie strictly inside the activation range"
+
+
+# --------------------------------------------------------------------------
+# the fast kernels: same cases, constants laid out by microfit.codegen.layouts
+
+
+def fast_case(case: Case) -> Case:
+    """A conv2d or fully connected case as mf_conv2d_s8_fast takes it."""
+    if case.op == OP_FC:
+        cin, cout, in_off, out_off, lo, hi = case.params
+        geometry = [1, 1, cin, 1, 1, cout, 1, 1, 1, 1, 1, 1, 0, 0]
+        x = case.arrays[0].reshape(1, 1, 1, cin)
+    else:
+        geometry = case.params[:14]
+        in_off, out_off, lo, hi = case.params[14:]
+        x = case.arrays[0]
+    _, wt, bias, mult, shift = case.arrays
+    in_c, out_h, out_w, k_h, k_w = geometry[2], geometry[3], geometry[4], geometry[6], geometry[7]
+    scratch = layouts.conv_fast_buffer_size(in_c, k_h, k_w, out_h, out_w)
+    arrays = [x, layouts.pack_conv_weights(wt), layouts.fold_bias(bias, wt, in_off),
+              layouts.pack_requant(mult, shift, out_off)]
+    return Case(OP_CONV2D_FAST, [*geometry, in_off, out_off, lo, hi, scratch], arrays,
+                case.reference, case.info, case.only_mode)
+
+
+@pytest.mark.parametrize("simd", [False, True], ids=["plain", "simd"])
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+@pytest.mark.parametrize("kernel", ["conv2d", "fully_connected"])
+def test_fast_kernel_matches_reference_bytes(kernel_driver, kernel, mode, simd):
+    """mf_conv2d_s8_fast gives the portable kernels' bytes, with and without the DSP code."""
+    cases = [fast_case(c) for c in cases_for(kernel) if c.only_mode in (None, mode)]
+    expected = [c.expected(mode) for c in cases]
+    got = run_driver(kernel_driver(mode, simd), cases, [e.size for e in expected])
+    failures = [_describe(c, g, e) for c, g, e in zip(cases, got, expected, strict=True)
+                if not np.array_equal(g, e)]
+    assert not failures, f"{len(failures)} of {len(cases)} cases differ; first: {failures[0]}"
+
+
+def test_fast_kernel_layouts_are_what_the_c_comment_says():
+    w = np.arange(3 * 5, dtype=np.int8).reshape(3, 5)  # 3 rows of K = 5 -> K4 = 8
+    packed = layouts.pack_conv_weights(w).tolist()
+    assert packed == [0, 1, 2, 3, 5, 6, 7, 8, 4, 0, 0, 0, 9, 0, 0, 0,  # rows 0 and 1
+                      10, 11, 12, 13, 14, 0, 0, 0]                      # row 2 alone
+    folded = layouts.fold_bias(np.array([1, 2, 2**31 - 1], np.int32), w, 3)
+    assert folded.tolist() == [1 + 3 * 10, 2 + 3 * 35, -(2**31) + 3 * 60 - 1]
+    assert layouts.conv_fast_buffer_size(3, 3, 3, 4, 4) == 2 * 28 * 2 + 28
+    assert layouts.conv_fast_buffer_size(16, 1, 1, 1, 1) == 32
 
 
 def test_rounding_modes_give_different_bytes(kernel_driver):

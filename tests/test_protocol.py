@@ -328,3 +328,57 @@ def test_device_protocol_builds_for_a_2kb_avr_with_little_ram(tmp_path):
     sizes = subprocess.run(["avr-size", *objects], check=True, capture_output=True, text=True).stdout
     bss = sum(int(line.split()[2]) for line in sizes.splitlines()[1:])
     assert bss <= 128, sizes
+
+
+# ------------------------------------------------------------------ fuzzing
+
+FUZZ = Path(__file__).parent.parent / "fuzz"
+
+
+def _libfuzzer_works(tmp_path: Path) -> bool:
+    if shutil.which("clang") is None:
+        return False
+    import subprocess
+
+    probe = tmp_path / "probe.c"
+    probe.write_text("#include <stdint.h>\n#include <stddef.h>\n"
+                     "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)"
+                     "{(void)d;(void)n;return 0;}\n")
+    proc = subprocess.run(["clang", "-fsanitize=fuzzer", str(probe), "-o", str(tmp_path / "probe")],
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+def _run_fuzz(tmp_path: Path, runs: int, common: Path | None = None):
+    import subprocess
+    import sys
+
+    args = ["make", "-C", str(FUZZ), "run", f"RUNS={runs}", f"BUILD={tmp_path / 'build'}",
+            f"PYTHON={sys.executable}"]
+    if common is not None:
+        args.append(f"COMMON={common}")
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def test_fuzzer_short_run_of_the_device_parser_is_clean(tmp_path):
+    """A few seconds of `make fuzz` (10^6 inputs there) under ASan + UBSan."""
+    if not _libfuzzer_works(tmp_path):
+        pytest.skip("clang with libFuzzer missing: apt-get install clang libclang-rt-14-dev")
+    proc = _run_fuzz(tmp_path, 20_000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Done 20000 runs" in proc.stderr
+
+
+def test_fuzzer_finds_a_planted_buffer_overflow(tmp_path):
+    """The harness can fail: a decoder that forgets its bound is caught at once."""
+    if not _libfuzzer_works(tmp_path):
+        pytest.skip("clang with libFuzzer missing: apt-get install clang libclang-rt-14-dev")
+    common = Path(str(resources.files("microfit.firmware_templates") / "common"))
+    broken = tmp_path / "common"
+    shutil.copytree(common, broken)
+    source = (broken / "mf_frame.c").read_text()
+    assert "if (rx->len < rx->cap) {" in source
+    (broken / "mf_frame.c").write_text(source.replace("if (rx->len < rx->cap) {", "if (1) {"))
+    proc = _run_fuzz(tmp_path, 200_000, common=broken)
+    assert proc.returncode != 0
+    assert "AddressSanitizer" in proc.stderr

@@ -1,5 +1,5 @@
 """Structured pruning: real channel removal, equivalence with masking, MAC targets,
-plans as files, and clear refusals for structures not supported yet."""
+plans as files, criteria and rankings, and clear refusals for what is not supported."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from microfit.errors import UnsupportedOpError
 from microfit.prune import (
     analyze,
@@ -24,7 +26,6 @@ from microfit.prune import (
     save_pruned,
 )
 from microfit.train import evaluate, load_digits_splits, make_default_model, predict, train
-from torch import nn
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_pruned_model_equals_masked_original_and_is_smaller(trained, splits):
 def test_pruning_bn_model_with_nested_sequentials_matches_mask():
     torch.manual_seed(0)
     model = _randomize_bn(BNNet())
-    graph = analyze(model)
+    graph = analyze(model, (1, 3, 16, 16))
     assert graph.groups["stem.0"].channelwise == ["stem.1"]
     assert graph.groups["body.2"].consumers == [("fc1", 1)]
     assert graph.groups["fc1"].channelwise == ["bn1"] and not graph.groups["fc2"].prunable
@@ -144,8 +145,8 @@ def test_finetuned_pruned_model_stays_within_a_point_or_two(trained, splits):
 def test_plan_round_trips_through_json_and_reapplies_to_a_fresh_model(trained, splits, tmp_path):
     plan = make_plan(trained, (1, *splits.input_shape), 0.5)
     path = save_plan(plan, tmp_path / "plan.json")
-    assert json.loads(path.read_text()) == plan
-    assert load_plan(path) == plan
+    assert json.loads(path.read_text()) == {"input_shape": [1, 1, 8, 8], "groups": plan}
+    assert load_plan(path) == plan and load_plan(path).input_shape == (1, 1, 8, 8)
     again = apply_plan(trained, load_plan(path))
     first = apply_plan(trained, plan)
     for (ka, va), (kb, vb) in zip(first.state_dict().items(), again.state_dict().items(), strict=True):
@@ -190,12 +191,15 @@ def test_pruning_keeps_at_least_one_channel_and_never_the_classifier(trained, sp
 
 
 def test_apply_plan_rejects_bad_plans(trained):
+    shape = (1, 1, 8, 8)
     with pytest.raises(ValueError, match="channels 0..15"):
-        apply_plan(trained, {"features.0": [0, 16]})
-    with pytest.raises(ValueError, match="not a producer layer"):
-        apply_plan(trained, {"features.1": [0]})
+        apply_plan(trained, {"features.0": [0, 16]}, shape)
+    with pytest.raises(ValueError, match="not a channel group"):
+        apply_plan(trained, {"features.1": [0]}, shape)
     with pytest.raises(ValueError, match="sorted, distinct"):
-        apply_plan(trained, {"features.0": [3, 1]})
+        apply_plan(trained, {"features.0": [3, 1]}, shape)
+    with pytest.raises(ValueError, match="which input shape"):
+        apply_plan(trained, {"features.0": [0, 1]})
 
 
 class Residual(nn.Module):
@@ -219,32 +223,75 @@ class ResNetish(nn.Module):
         return self.head(self.block(self.stem(x)))
 
 
-def test_residual_add_is_refused_naming_the_module_and_op():
-    with pytest.raises(UnsupportedOpError, match=r"residual add 'add'.*module 'block' \(Residual\)"
-                                                  r".*'block.conv2', 'stem'"):
-        make_plan(ResNetish(), (1, 1, 8, 8), 0.5)
+def test_residual_add_couples_both_branches_and_the_input_pins_them():
+    model = ResNetish().eval()
+    graph = analyze(model, (1, 1, 8, 8))
+    # stem and block.conv2 make the same channels (they are added); block.conv1 is free.
+    assert graph.groups["stem"].producers == ["stem", "block.conv2"]
+    assert graph.groups["block.conv1"].prunable
+    plan = make_plan(model, (1, 1, 8, 8), ratios={"stem": 0.5, "block.conv1": 0.5})
+    pruned, masked = apply_plan(model, plan), mask_model(model, plan)
+    assert pruned.stem.out_channels == pruned.block.conv2.out_channels == 4
+    assert pruned.head[1].in_features == 4 * 8 * 8
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert (pruned(x) - masked(x)).abs().max() <= 1e-5
 
 
-def test_grouped_conv_concat_and_unknown_layers_are_refused():
-    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.ReLU(), nn.Flatten(),
-                            nn.Linear(8 * 6 * 6, 2))
-    with pytest.raises(UnsupportedOpError, match=r"layer '0' is a grouped Conv2d \(groups=2\)"):
-        apply_plan(grouped, {"0": [0]})
+class AddInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 2)
 
-    class Cat(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.conv(x) + x, 1))
+
+
+def test_channels_added_to_the_model_input_are_pinned_with_the_reason():
+    graph = analyze(AddInput(), (1, 3, 4, 4))
+    assert not graph.groups["conv"].prunable
+    assert "model's input" in graph.groups["conv"].reason
+    with pytest.raises(ValueError, match="cannot be pruned.*model's input"):
+        make_plan(AddInput(), (1, 3, 4, 4), ratios={"conv": 0.5})
+
+
+def test_grouped_conv_prunes_the_same_positions_in_every_group():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
+                          nn.Conv2d(8, 6, 1), nn.Flatten(), nn.Linear(6 * 4 * 4, 2)).eval()
+    graph = analyze(model, (1, 2, 8, 8))
+    # Position k of both groups is one channel: 8 outputs are 4 prunable channels.
+    assert graph.groups["0"].channels == 4 and graph.groups["2"].channels == 4
+    plan = make_plan(model, (1, 2, 8, 8), ratios={"0": 0.5, "2": 0.25})
+    pruned = apply_plan(model, plan)
+    assert (pruned[0].out_channels, pruned[2].in_channels, pruned[2].out_channels) == (4, 4, 6)
+    assert pruned[2].groups == 2
+    x = torch.rand(3, 2, 8, 8)
+    with torch.no_grad():
+        assert (pruned(x) - mask_model(model, plan)(x)).abs().max() <= 1e-5
+
+
+def test_unknown_ops_between_layers_are_refused_naming_module_and_op():
+    class Gate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.erf(x)
+
+    class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a = nn.Conv2d(1, 4, 1)
-            self.b = nn.Conv2d(1, 4, 1)
+            self.a = nn.Conv2d(1, 4, 3)
+            self.gate = Gate()
+            self.b = nn.Conv2d(4, 4, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([self.a(x), self.b(x)], dim=1)
+            return self.b(self.gate(self.a(x)))
 
-    with pytest.raises(UnsupportedOpError, match=r"merge 'cat'.*'a', 'b'"):
-        analyze(Cat())
-    sig = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Sigmoid(), nn.Conv2d(4, 4, 3))
-    with pytest.raises(UnsupportedOpError, match=r"layer '1' is a Sigmoid"):
-        analyze(sig)
+    with pytest.raises(UnsupportedOpError, match=r"op 'erf' at 'erf' in module 'gate' \(Gate\)"):
+        analyze(Net(), (1, 1, 8, 8))
+    lstm = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    with pytest.raises(UnsupportedOpError, match=r"layer '2' is a LayerNorm"):
+        analyze(lstm, (1, 1, 8, 8))
 
 
 def test_flatten_idioms_are_understood():
@@ -258,12 +305,18 @@ def test_flatten_idioms_are_understood():
             x = F.max_pool2d(torch.relu(self.conv(x)), 2)
             return self.fc(x.view(x.size(0), -1))
 
-    model = ViewNet().eval()
-    assert analyze(model).groups["conv"].consumers == [("fc", 16)]
-    plan = {"conv": [1, 2, 5]}
-    x = torch.rand(4, 1, 8, 8)
-    with torch.no_grad():
-        assert (apply_plan(model, plan)(x) - mask_model(model, plan)(x)).abs().max() <= 1e-5
+    class ConstView(ViewNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.max_pool2d(torch.relu(self.conv(x)), 2)
+            return self.fc(x.view(-1, 96))
+
+    for model in (ViewNet().eval(), ConstView().eval()):
+        assert analyze(model, (1, 1, 8, 8)).groups["conv"].consumers == [("fc", 16)]
+        plan = {"conv": [1, 2, 5]}
+        x = torch.rand(4, 1, 8, 8)
+        with torch.no_grad():
+            pruned = apply_plan(model, plan, (1, 1, 8, 8))
+            assert (pruned(x) - mask_model(model, plan, (1, 1, 8, 8))(x)).abs().max() <= 1e-5
 
 
 def test_unknown_ops_on_the_input_or_output_side_are_allowed():
@@ -287,3 +340,73 @@ def test_unknown_ops_on_the_input_or_output_side_are_allowed():
 def test_count_macs_with_a_batchless_shape_says_what_it_wants():
     with pytest.raises(ValueError, match=r"including the batch dimension"):
         count_macs_params(make_default_model(), (8, 8))
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "taylor", "random"])
+def test_every_criterion_makes_a_valid_plan_that_reaches_the_target(criterion, splits):
+    torch.manual_seed(0)
+    model = _randomize_bn(BNNet())
+    data = (np.random.default_rng(0).random((32, 3, 16, 16), dtype=np.float32),
+            np.arange(32) % 5)
+    plan = make_plan(model, (1, 3, 16, 16), 0.5, criterion=criterion, data=data)
+    pruned = apply_plan(model, plan)
+    assert count_macs_params(pruned, (1, 3, 16, 16))[0] <= 0.5 * count_macs_params(
+        model, (1, 3, 16, 16))[0]
+
+
+def test_bn_scale_keeps_the_channels_with_the_largest_gammas():
+    torch.manual_seed(0)
+    model = _randomize_bn(BNNet())
+    plan = make_plan(model, (1, 3, 16, 16), ratios={"stem.0": 0.5}, criterion="bn_scale")
+    gamma = model.stem[1].weight.detach().abs()
+    assert plan["stem.0"] == sorted(torch.argsort(gamma, descending=True)[:6].tolist())
+
+
+def test_taylor_needs_data_and_random_depends_on_the_seed():
+    model = BNNet()
+    with pytest.raises(ValueError, match="needs calibration data"):
+        make_plan(model, (1, 3, 16, 16), 0.5, criterion="taylor")
+    a = make_plan(model, (1, 3, 16, 16), ratios={"stem.0": 0.5}, criterion="random", seed=0)
+    b = make_plan(model, (1, 3, 16, 16), ratios={"stem.0": 0.5}, criterion="random", seed=1)
+    assert a != b
+    with pytest.raises(ValueError, match="unknown pruning criterion 'l3'"):
+        make_plan(model, (1, 3, 16, 16), 0.5, criterion="l3")
+
+
+def test_global_ranking_never_empties_a_group_and_rounds_to_the_multiple():
+    torch.manual_seed(0)
+    model = _randomize_bn(BNNet())
+    # All but one of a layer's filters are tiny: a global ranking wants them all gone.
+    with torch.no_grad():
+        model.body[2].weight[1:].mul_(1e-4)
+    plan = make_plan(model, (1, 3, 16, 16), 0.3, ranking="global", round_to=4)
+    assert len(plan["body.2"]) == 4  # the floor, rounded to the multiple
+    assert all(len(k) % 4 == 0 for k in plan.values())
+    local = make_plan(model, (1, 3, 16, 16), 0.3, ranking="local", round_to=4)
+    assert len(local["body.2"]) > 4
+    assert count_macs_params(apply_plan(model, plan), (1, 3, 16, 16))[0] <= 0.3 * \
+        count_macs_params(model, (1, 3, 16, 16))[0]
+
+
+def test_round_to_comes_from_the_boards_core():
+    from microfit.prune import round_to_for_board, round_to_for_core
+
+    assert round_to_for_board("qemu-mps2-an386") == 4  # Cortex-M4: DSP
+    assert round_to_for_board("qemu-mps2-an385") == 1  # Cortex-M3: no SIMD
+    assert round_to_for_core("cortex-m7") == 4 and round_to_for_core("avr") == 1
+
+
+def test_protect_accepts_a_group_or_any_layer_of_it(trained, splits):
+    shape = (1, *splits.input_shape)
+    assert "features.0" not in make_plan(trained, shape, 0.6, protect=["features.0"])
+    with pytest.raises(ValueError, match="not a layer of DigitsCNN that pruning cuts"):
+        make_plan(trained, shape, 0.5, protect=["features.1"])
+
+
+def test_prune_result_reports_channel_params_and_mac_ratios_side_by_side(trained, splits):
+    res = prune(trained, splits, target_mac_ratio=0.5, finetune_epochs=0, round_to=4)
+    ratios = res.ratios()
+    assert set(ratios) == {"channel_ratio", "params_ratio", "mac_ratio"}
+    assert ratios["mac_ratio"] <= 0.5 < ratios["channel_ratio"]
+    assert res.channels_before == 16 + 32 + 10
+    assert "channels" in repr(res)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from microfit.errors import ModelLoadError, RunFolderError
 from microfit.train import (
     DEFAULT_EPOCHS,

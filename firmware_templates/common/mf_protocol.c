@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "mf_board.h"
+#include "mf_eembc.h"
 #include "mf_frame.h"
 #include "mf_hal.h"
 #include "model.h"
@@ -32,11 +33,24 @@
 #define MF_CONST_MEMCPY memcpy
 #endif
 
+/* How many layers the timing table holds: one per node of a generated
+ * model (MODEL_NUM_LAYERS), one for a hand-written model without it. */
+#ifndef MF_LAYER_SLOTS
+#ifdef MODEL_NUM_LAYERS
+#define MF_LAYER_SLOTS MODEL_NUM_LAYERS
+#else
+#define MF_LAYER_SLOTS 1
+#endif
+#endif
+
 #if MF_FRAME_MAX < MF_FRAME_OVERHEAD + 4u + MF_PROTO_MAX_CHUNK
 #error "MF_FRAME_MAX too small for a full LOAD_INPUT / OUTPUT chunk"
 #endif
 #if MF_FRAME_MAX < MF_FRAME_OVERHEAD + 53u + NAME_MAX_LEN
 #error "MF_FRAME_MAX too small for the INFO reply"
+#endif
+#if MF_FRAME_MAX < MF_FRAME_OVERHEAD + 6u + 4u * MF_PROTO_LAYERS_PER_REPLY
+#error "MF_FRAME_MAX too small for a LAYERS reply"
 #endif
 #if MF_FRAME_MAX > 255u
 #error "MF_FRAME_MAX must fit the decoder's 8-bit length"
@@ -51,6 +65,11 @@ static uint16_t run_count;
 static uint8_t current_type;
 static uint8_t current_seq;
 static uint8_t fault_reported;
+/* Per-layer ticks of the last inference; layer_count is the highest layer
+ * index recorded + 1 (0 when the model has no hooks compiled in). */
+static uint32_t layer_ticks[MF_LAYER_SLOTS];
+static uint32_t layer_start;
+static uint16_t layer_count;
 
 static void put_u16(uint8_t *p, uint16_t v)
 {
@@ -138,6 +157,23 @@ static void handle_load_input(uint8_t seq, const uint8_t *payload, uint8_t len)
     send_reply(MF_MSG_ACK, seq, 3u);
 }
 
+void mf_layer_begin(uint16_t layer)
+{
+    (void)layer;
+    layer_start = mf_hal_ticks();
+}
+
+void mf_layer_end(uint16_t layer)
+{
+    const uint32_t now = mf_hal_ticks();
+    if (layer < (uint16_t)MF_LAYER_SLOTS) {
+        layer_ticks[layer] = now - layer_start;
+        if (layer >= layer_count) {
+            layer_count = (uint16_t)(layer + 1u);
+        }
+    }
+}
+
 static void handle_invoke(uint8_t seq, uint8_t len)
 {
     uint32_t t0;
@@ -159,7 +195,58 @@ static void handle_invoke(uint8_t seq, uint8_t len)
     put_u32(&frame[6], mf_hal_ticks_to_counter(ticks));
     put_u16(&frame[10], input_crc);
     put_u16(&frame[12], run_count);
-    send_reply(MF_MSG_DONE, seq, 12u);
+    /* The output's CRC lets the host check the bytes it reassembles from
+     * READ_OUTPUT chunks end to end, beyond each frame's own CRC. */
+    put_u16(&frame[14], mf_crc16((const uint8_t *)model_output(), (size_t)MODEL_OUTPUT_SIZE));
+    send_reply(MF_MSG_DONE, seq, 14u);
+}
+
+static void handle_read_layers(uint8_t seq, const uint8_t *payload, uint8_t len)
+{
+    uint16_t first;
+    uint16_t n;
+    uint16_t i;
+    if (len != 2u) {
+        send_error(seq, MF_ERR_BAD_LENGTH, MF_MSG_READ_LAYERS, 2u);
+        return;
+    }
+    first = get_u16(payload);
+    if (first > layer_count || (first == layer_count && layer_count != 0u)) {
+        send_error(seq, MF_ERR_OUT_OF_RANGE, MF_MSG_READ_LAYERS, layer_count);
+        return;
+    }
+    n = (uint16_t)(layer_count - first);
+    if (n > MF_PROTO_LAYERS_PER_REPLY) {
+        n = MF_PROTO_LAYERS_PER_REPLY;
+    }
+    put_u16(&frame[2], run_count);
+    put_u16(&frame[4], layer_count);
+    put_u16(&frame[6], first);
+    for (i = 0; i < n; ++i) {
+        put_u32(&frame[8u + 4u * i], mf_hal_ticks_to_counter(layer_ticks[first + i]));
+    }
+    send_reply(MF_MSG_LAYERS, seq, (uint8_t)(6u + 4u * n));
+}
+
+static void clear_state(void)
+{
+    uint16_t i;
+    run_count = 0;
+    layer_count = 0;
+    for (i = 0; i < (uint16_t)MF_LAYER_SLOTS; ++i) {
+        layer_ticks[i] = 0;
+    }
+}
+
+static void handle_reset(uint8_t seq, uint8_t len)
+{
+    if (len != 0u) {
+        send_error(seq, MF_ERR_BAD_LENGTH, MF_MSG_RESET, 0u);
+        return;
+    }
+    clear_state();
+    memset(model_input(), 0, (size_t)MODEL_INPUT_SIZE);
+    send_reply(MF_MSG_RESET_DONE, seq, 0u);
 }
 
 static void handle_read_output(uint8_t seq, const uint8_t *payload, uint8_t len)
@@ -213,6 +300,12 @@ static void handle_frame(uint8_t len)
     case MF_MSG_READ_OUTPUT:
         handle_read_output(seq, &frame[2], payload_len);
         break;
+    case MF_MSG_READ_LAYERS:
+        handle_read_layers(seq, &frame[2], payload_len);
+        break;
+    case MF_MSG_RESET:
+        handle_reset(seq, payload_len);
+        break;
     default:
         send_error(seq, MF_ERR_UNKNOWN_COMMAND, type, 0u);
         break;
@@ -243,7 +336,7 @@ void mf_proto_feed(uint8_t byte)
 void mf_proto_init(void)
 {
     mf_rx_init(&rx, frame, (uint8_t)MF_FRAME_MAX);
-    run_count = 0;
+    clear_state();
     current_type = 0;
     current_seq = 0;
     fault_reported = 0;
@@ -260,8 +353,13 @@ void mf_proto_report_fault(uint16_t detail)
 
 void mf_proto_run(void)
 {
+#if MF_HARNESS_EEMBC
+    /* Built for the EEMBC / MLPerf Tiny runner instead (mf_eembc.h). */
+    mf_eembc_run();
+#else
     mf_proto_init();
     for (;;) {
         mf_proto_feed(mf_hal_getc());
     }
+#endif
 }

@@ -160,6 +160,12 @@ def measure_elf(elf_path: Path, board: Board) -> dict[str, Any]:
                 ram += size
             if section.name in (".stack", "._stack"):
                 stack += size
+        if stack == 0:
+            # No stack section (AVR: the stack grows down from the top of RAM
+            # into whatever .data and .bss leave): reserve the board's stack
+            # budget, so a firmware that leaves the stack no room fails here.
+            stack = board.stack_size
+            ram += stack
         symtab = elf.get_section_by_name(".symtab")
         if symtab is not None:
             for name in ARENA_SYMBOLS:
@@ -170,8 +176,37 @@ def measure_elf(elf_path: Path, board: Board) -> dict[str, Any]:
     return {"flash": flash, "ram": ram, "stack": stack, "arena": arena, "sections": sections}
 
 
-def _linker_overflow(output: str, board: Board) -> FitError | None:
+# avr-ld names the end address of a section that leaves its region instead of
+# an overshoot (the RAM region comes from the MCU's device specs).
+_AVR_OUTSIDE_RE = re.compile(r"address (0x[0-9a-fA-F]+) of \S+ section [`']\.(?:data|bss|noinit)' "
+                             r"is not within region [`']data'")
+
+
+def _ram_hint(project_dir: Path) -> str:
+    """What to do about a RAM overshoot, naming the model's arena when known."""
+    header = project_dir / "model" / "model.h"
+    arena = None
+    if header.is_file():
+        found = re.search(r"#define\s+MODEL_ARENA_SIZE\s+(\d+)", header.read_text(errors="replace"))
+        arena = int(found.group(1)) if found else None
+    what = f"the model's activation arena alone takes {arena:,} bytes. " if arena else ""
+    return (
+        f" ({what}Prune harder, e.g. `microfit prune RUN --mac-ratio 0.25`, then generate and "
+        "build again, or pick a board with more RAM: `microfit targets`)"
+    )
+
+
+def _linker_overflow(output: str, board: Board, project_dir: Path | None = None) -> FitError | None:
     problems = []
+    ends = [int(a, 16) for a in _AVR_OUTSIDE_RE.findall(output)]
+    if ends:
+        # Past .data/.bss sits the stack the board file reserves.
+        need = max(ends) - board.ram.origin + board.stack_size
+        problems.append(
+            _overshoot("RAM", need, board.ram.size, board)
+            + f", of which {board.stack_size:,} bytes are the stack reserve"
+            + (_ram_hint(project_dir) if project_dir is not None else "")
+        )
     for region, over in _OVERFLOW_RE.findall(output):
         kind = _REGION_NAMES.get(region.upper(), region)
         have = board.flash.size if kind == "flash" else board.ram.size if kind == "ram" else 0
@@ -182,6 +217,42 @@ def _linker_overflow(output: str, board: Board) -> FitError | None:
     if not problems:
         return None
     return FitError("firmware " + "; ".join(dict.fromkeys(problems)))
+
+
+def _build_host(project_dir: Path, board: Board) -> BuildResult:
+    """The host board: model + protocol compiled by gcc into a pty device program.
+
+    Flash and RAM of a PC process mean little; they are reported from the
+    ELF's read-only and writable sections so the report has the same shape.
+    """
+    from microfit.build.host import find_host_compiler
+    from microfit.harness.hostdev import build_host_device
+
+    find_host_compiler()
+    started = time.perf_counter()
+    exe = build_host_device(project_dir / "model", project_dir / "firmware.elf")
+    flash = ram = 0
+    sections: dict[str, int] = {}
+    arena: int | None = None
+    with open(exe, "rb") as handle:
+        elf = ELFFile(handle)
+        for section in elf.iter_sections():
+            if not section["sh_flags"] & SH_FLAGS.SHF_ALLOC or section["sh_size"] == 0:
+                continue
+            size = int(section["sh_size"])
+            sections[section.name] = size
+            if section["sh_type"] != "SHT_NOBITS":
+                flash += size
+            if section["sh_flags"] & SH_FLAGS.SHF_WRITE:
+                ram += size
+        symtab = elf.get_section_by_name(".symtab")
+        found = symtab.get_symbol_by_name("model_arena") if symtab is not None else None
+        arena = int(found[0]["st_size"]) if found else None
+    return BuildResult(
+        elf=exe, board=board.name, flash_bytes=flash, ram_bytes=ram, stack_bytes=0,
+        arena_bytes=arena, flash_capacity=board.flash.size, ram_capacity=board.ram.size,
+        sections=sections, build_time_s=time.perf_counter() - started,
+    )
 
 
 def build_firmware(project_dir: Path, board: Board, jobs: int | None = None) -> BuildResult:
@@ -197,6 +268,8 @@ def build_firmware(project_dir: Path, board: Board, jobs: int | None = None) -> 
             f"{project_dir} was rendered for board {manifest.get('board')}, not {board.name}: "
             "render it again for this board"
         )
+    if board.family == "host":
+        return _build_host(project_dir, board)
     if not (project_dir / "Makefile").is_file():
         raise BuildError(f"{project_dir} has no Makefile: render the project first")
     require_toolchain(board)
@@ -210,7 +283,7 @@ def build_firmware(project_dir: Path, board: Board, jobs: int | None = None) -> 
     )
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        fit = _linker_overflow(log, board)
+        fit = _linker_overflow(log, board, project_dir)
         if fit is not None:
             raise fit
         if "nano.specs" in log or "nosys.specs" in log:
@@ -235,5 +308,10 @@ def build_firmware(project_dir: Path, board: Board, jobs: int | None = None) -> 
         build_time_s=time.perf_counter() - started,
         log=log,
     )
-    check_fit(result.flash_bytes, result.ram_bytes, board)
+    try:
+        check_fit(result.flash_bytes, result.ram_bytes, board)
+    except FitError as exc:
+        if result.ram_bytes > board.ram.size:
+            raise FitError(str(exc) + _ram_hint(project_dir)) from None
+        raise
     return result

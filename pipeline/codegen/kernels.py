@@ -12,8 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import UnsupportedOpError
-from ..ir.graph import Node
+from ..ir.graph import Graph, Node
 from ..quantize.params import KernelParams
+from . import layouts
 
 
 def _struct(ctype: str, var: str, fields: dict[str, int]) -> str:
@@ -46,6 +47,50 @@ def _check_u16(node: Node, **vals: int) -> None:
             raise UnsupportedOpError(f"'{node.name}': {k}={v} exceeds the runtime's 16-bit limit")
 
 
+def _conv_geometry(g: Graph, node: Node) -> dict[str, int]:
+    """mf_conv2d_params' geometry fields of a CONV_2D, or of a FULLY_CONNECTED as a 1x1 conv."""
+    w = g.tensors[node.inputs[1]].shape
+    if node.op == "FULLY_CONNECTED":
+        return dict(in_h=1, in_w=1, in_c=w[1], out_h=1, out_w=1, out_c=w[0], k_h=1, k_w=1,
+                    stride_h=1, stride_w=1, dilation_h=1, dilation_w=1, pad_top=0, pad_left=0)
+    ih, iw, ic = _hw(g.tensors[node.inputs[0]].shape)
+    oh, ow, oc = _hw(g.tensors[node.outputs[0]].shape)
+    a = node.attrs
+    return dict(in_h=ih, in_w=iw, in_c=ic, out_h=oh, out_w=ow, out_c=oc, k_h=w[1], k_w=w[2],
+                stride_h=a["stride"][0], stride_w=a["stride"][1], dilation_h=a["dilation"][0],
+                dilation_w=a["dilation"][1], pad_top=a["padding"][0], pad_left=a["padding"][1])
+
+
+def scratch_bytes(g: Graph, node: Node, kernels: str) -> int:
+    """Scratch memory the node's kernel needs (its C *_get_buffer_size), 0 for none."""
+    if kernels == "fast" and node.op in ("CONV_2D", "FULLY_CONNECTED"):
+        f = _conv_geometry(g, node)
+        return layouts.conv_fast_buffer_size(f["in_c"], f["k_h"], f["k_w"], f["out_h"], f["out_w"])
+    return 0
+
+
+def _emit_conv_fast(em, idx: int, node: Node, p: KernelParams) -> str:
+    """CONV_2D or FULLY_CONNECTED through mf_conv2d_s8_fast: packed weights, folded bias."""
+    g = em.g
+    fields = _conv_geometry(g, node)
+    _check_u16(node, **fields)
+    fields.update(input_offset=p.input_offset, output_offset=p.output_offset,
+                  act_min=p.act_min, act_max=p.act_max)
+    w = g.tensors[node.inputs[1]]
+    b = g.tensors[node.inputs[2]]
+    wn = em.array("int8_t", f"{w.name}_packed", layouts.pack_conv_weights(w.data))
+    bn = em.array("int32_t", f"{b.name}_folded", layouts.fold_bias(b.data, w.data, p.input_offset))
+    rn = em.array("int32_t", f"{node.name}_requant",
+                  layouts.pack_requant(p.multiplier, p.shift, p.output_offset))
+    return "\n".join([
+        "    {",
+        _struct("mf_conv2d_params", "p", fields),
+        f"        mf_conv2d_s8_fast(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {rn}, "
+        f"{em.scratch(idx)}, {em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
 def _emit_conv_like(em, node: Node, p: KernelParams, depthwise: bool) -> str:
     """CONV_2D and DEPTHWISE_CONV_2D share geometry fields and call shape."""
     g = em.g
@@ -76,6 +121,8 @@ def _emit_conv_like(em, node: Node, p: KernelParams, depthwise: bool) -> str:
 
 
 def emit_conv(em, idx: int, node: Node, p: KernelParams) -> str:
+    if em.kernels == "fast":
+        return _emit_conv_fast(em, idx, node, p)
     return _emit_conv_like(em, node, p, depthwise=False)
 
 
@@ -84,6 +131,8 @@ def emit_dwconv(em, idx: int, node: Node, p: KernelParams) -> str:
 
 
 def emit_fc(em, idx: int, node: Node, p: KernelParams) -> str:
+    if em.kernels == "fast":
+        return _emit_conv_fast(em, idx, node, p)
     w = em.g.tensors[node.inputs[1]].shape
     fields = dict(in_features=w[1], out_features=w[0], input_offset=p.input_offset,
                   output_offset=p.output_offset, act_min=p.act_min, act_max=p.act_max)
@@ -136,6 +185,24 @@ def emit_add(em, idx: int, node: Node, p: KernelParams) -> str:
     ])
 
 
+def emit_softmax(em, idx: int, node: Node, p: KernelParams) -> str:
+    shape = em.g.tensors[node.inputs[0]].shape
+    depth = int(shape[-1])
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    if not 1 <= depth <= 4095:
+        raise UnsupportedOpError(f"'{node.name}': softmax depth {depth} is outside the runtime's "
+                                 "1..4095 (its Q12.19 sum would overflow)")
+    x = p.extra
+    fields = dict(rows=rows, depth=depth, input_multiplier=x["input_multiplier"],
+                  input_left_shift=x["input_left_shift"], diff_min=x["diff_min"])
+    return "\n".join([
+        "    {",
+        _struct("mf_softmax_params", "p", fields),
+        f"        mf_softmax_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
 def emit_reshape(em, idx: int, node: Node, p: KernelParams) -> str:
     # A view: the planner gave output and input the same arena bytes.
     return ""
@@ -149,4 +216,5 @@ EMITTERS: dict[str, Callable] = {
     "AVERAGE_POOL_2D": _emit_pool("mf_avg_pool2d_s8"),
     "ADD": emit_add,
     "RESHAPE": emit_reshape,
+    "SOFTMAX": emit_softmax,
 }

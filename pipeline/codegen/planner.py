@@ -7,8 +7,13 @@ output shares its input's buffer. Offsets are chosen greedily by size (largest
 first, each at the lowest aligned offset that overlaps no buffer alive at the
 same time), which is what TFLite Micro's greedy planner does as well.
 
+Kernels that need scratch memory (the fast convolution's im2col columns) get
+it from the arena too: a buffer alive during its one step, sized by the
+kernel's ``*_get_buffer_size`` companion (mirrored in ``layouts.py``).
+
 The plan reports its lower bound: the largest total of bytes that must be alive
-at one step. An arena equal to the bound cannot be beaten in this schedule.
+at one step, scratch included. An arena equal to the bound cannot be beaten in
+this schedule.
 """
 
 from __future__ import annotations
@@ -60,7 +65,14 @@ def _align(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
-def plan_memory(graph: Graph, alignment: int = 4) -> MemoryPlan:
+def scratch_name(step: int) -> str:
+    """The plan's name for the scratch buffer of a step (never a tensor name: tensors have no '#')."""
+    return f"#scratch{step}"
+
+
+def plan_memory(graph: Graph, alignment: int = 4,
+                scratch: dict[int, int] | None = None) -> MemoryPlan:
+    """Offsets for every activation tensor, and for ``scratch`` (step -> bytes) buffers."""
     n_steps = len(graph.nodes)
     owner: dict[str, str] = {}
     buffers: dict[str, Buffer] = {}
@@ -85,6 +97,11 @@ def plan_memory(graph: Graph, alignment: int = 4) -> MemoryPlan:
             buffers[out] = Buffer(out, graph.tensors[out].nbytes, step, step, tensors=[out])
     for t in graph.outputs:
         buf_of(t).last = n_steps  # the host reads outputs after the last step
+    for step, size in sorted((scratch or {}).items()):
+        if size > 0:
+            name = scratch_name(step)
+            owner[name] = name
+            buffers[name] = Buffer(name, size, step, step, tensors=[name])
 
     placed: list[Buffer] = []
     for b in sorted(buffers.values(), key=lambda b: (-b.size, b.first, b.name)):

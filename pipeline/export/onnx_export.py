@@ -28,6 +28,8 @@ from ..errors import MicrofitError
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 DEFAULT_OPSET = 17
+# The lowest opset torch's exporter has implementations for.
+_EXPORTER_OPSET = 18
 
 
 class ExportError(MicrofitError):
@@ -94,7 +96,10 @@ def export_onnx(
 
     ``input_shape`` is the full input shape with batch 1, e.g. ``(1, 1, 8,
     8)`` = ``(1, *splits.input_shape)``; it becomes the ONNX input's fixed
-    shape. Up to ``num_checks`` inputs (from ``check_inputs``, an ``[N,
+    shape. ``opset`` is the opset to write where the model converts to it;
+    a model with an op that has no form at that opset keeps the exporter's
+    own (18), and ``OnnxExport.opset`` says which was written. Up to
+    ``num_checks`` inputs (from ``check_inputs``, an ``[N,
     *input_shape[1:]]`` array such as test images, or seeded uniform noise)
     run through both torch and onnxruntime one at a time; a max absolute
     difference above ``atol`` raises ExportError, as does an exporter
@@ -127,7 +132,7 @@ def export_onnx(
         with _quiet_exporter():
             torch.onnx.export(
                 net, (example,), str(path),
-                opset_version=opset,
+                opset_version=max(opset, _EXPORTER_OPSET),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamo=True,
@@ -143,8 +148,14 @@ def export_onnx(
         ) from exc
 
     proto = onnx.load(str(path))
+    written = _EXPORTER_OPSET if opset < _EXPORTER_OPSET else opset
+    if opset < _EXPORTER_OPSET:
+        converted = _convert_down(proto, opset)
+        if converted is not None:
+            proto, written = converted, opset
+            onnx.save(proto, str(path))
     got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if got_opset != opset:
+    if got_opset != written:
         raise ExportError(
             f"'{path}' was written with opset {got_opset}, not the requested {opset}; "
             "the exporter could not convert this model to that opset"
@@ -172,4 +183,36 @@ def export_onnx(
                 f"'{path}' disagrees with torch on check input {i}: max |onnxruntime - torch| = "
                 f"{diff:.3g} > {atol:g}"
             )
-    return OnnxExport(path=path, opset=opset, op_types=op_types, max_abs_diff=max_diff)
+    return OnnxExport(path=path, opset=written, op_types=op_types, max_abs_diff=max_diff)
+
+
+def _convert_down(proto, opset: int):  # onnx.ModelProto -> onnx.ModelProto | None
+    """``proto`` converted to ``opset``, or None when an op has no older form.
+
+    Done here, after the exporter's optimizer has made ReduceMean's axes an
+    initializer (the exporter's own down-conversion runs before that and
+    fails on global average pooling). onnx's converter keeps ReduceMean-18's
+    ``noop_with_empty_axes`` attribute, which older ReduceMean rejects; at
+    its default 0 it means nothing, so it is dropped. Ops without an adapter
+    (Split-18 has none) keep the exporter's opset: a valid file at a newer
+    opset beats no file.
+    """
+    import onnx
+    from onnx import version_converter
+
+    try:
+        out = version_converter.convert_version(proto, opset)
+    except Exception:  # noqa: BLE001 - the converter raises RuntimeError/AssertionError
+        return None
+    for node in out.graph.node:
+        if node.op_type.startswith("Reduce") and opset < 18:
+            keep = [a for a in node.attribute
+                    if not (a.name == "noop_with_empty_axes" and a.i == 0)]
+            if len(keep) != len(node.attribute):
+                del node.attribute[:]
+                node.attribute.extend(keep)
+    try:
+        onnx.checker.check_model(out)
+    except Exception:  # noqa: BLE001
+        return None
+    return out

@@ -13,6 +13,8 @@ wrong answer.
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -30,6 +32,7 @@ from microfit.harness.protocol import (
     DELIMITER,
     PROTOCOL_VERSION,
     DeviceInfo,
+    Done,
     ErrorCode,
     Frame,
     FrameError,
@@ -38,10 +41,13 @@ from microfit.harness.protocol import (
     decode_frame,
     encode_frame,
     load_input_payload,
+    parse_ack,
     parse_done,
     parse_error,
     parse_info,
+    parse_layers,
     parse_output,
+    read_layers_payload,
     read_output_payload,
 )
 
@@ -50,6 +56,10 @@ _MAX_WIRE_FRAME = 512
 # Reads wait at most this long before the deadline is checked again. Fixed,
 # because changing a real port's timeout reconfigures the port every time.
 _POLL_S = 0.05
+# Adaptive chunk size: never below MIN_CHUNK bytes, doubled again after
+# CLEAN_STREAK requests that passed at their first attempt.
+MIN_CHUNK = 8
+CLEAN_STREAK = 8
 
 
 @dataclass(frozen=True)
@@ -60,11 +70,24 @@ class InferResult:
     ticks: int
     counter_value: int
     retries: int = 0
+    layers: list[int] | None = None  # per-layer counter values, when asked for
 
 
 @dataclass
 class LinkStats:
-    """What the link went through; reported beside the results."""
+    """What the link went through; reported beside the results.
+
+    `retries` counts every resend and every redone inference. The other
+    fields say why: a reply that failed its CRC or COBS check
+    (`crc_errors`), no reply in time (`timeouts`), an ERROR from a device
+    that could not read a request (`device_link_errors`), a reply to an
+    earlier attempt (`stale_replies`, dropped), an inference whose input CRC,
+    run number or output CRC did not check out (`input_crc_mismatches`,
+    `stale_runs`, `output_crc_mismatches`: redone, never counted), and the
+    device restarting under us (`resets`). `unterminated_frames` are replies
+    whose closing delimiter was lost but that passed every check once the
+    line went quiet.
+    """
 
     requests: int = 0
     retries: int = 0
@@ -72,6 +95,28 @@ class LinkStats:
     timeouts: int = 0
     device_link_errors: int = 0
     stale_replies: int = 0
+    input_crc_mismatches: int = 0
+    output_crc_mismatches: int = 0
+    stale_runs: int = 0
+    resets: int = 0
+    unterminated_frames: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    smallest_chunk: int = 0  # smallest chunk the link forced (0: never shrank)
+
+    def to_dict(self) -> dict[str, int]:
+        """JSON-ready counters."""
+        return dict(self.__dict__)
+
+    def since(self, before: LinkStats) -> LinkStats:
+        """The counts accumulated after the snapshot `before`."""
+        delta = {k: v - getattr(before, k) for k, v in self.__dict__.items()}
+        delta["smallest_chunk"] = self.smallest_chunk
+        return LinkStats(**delta)
+
+    def copy(self) -> LinkStats:
+        """A snapshot of the counters."""
+        return LinkStats(**self.__dict__)
 
 
 class DeviceClient:
@@ -107,6 +152,13 @@ class DeviceClient:
         self.stats = LinkStats()
         self.info: DeviceInfo | None = None
         self._seq = 0
+        self._last_run: int | None = None
+        # Sequence numbers of the last few attempts, to recognise their late
+        # replies (the current one is never in it). Few, because a damaged
+        # seq byte in an error reply should rarely look like one of them.
+        self._recent_seqs: deque[int] = deque(maxlen=4)
+        self._chunk: int | None = None
+        self._clean_streak = 0
         self._port: Any = None
         self._open()
 
@@ -116,8 +168,10 @@ class DeviceClient:
         deadline = time.monotonic() + self.connect_timeout
         while True:
             try:
+                # pyserial's RFC 2217 client has no write timeout.
+                write_timeout = None if self.url.startswith("rfc2217://") else self.timeout
                 self._port = serial.serial_for_url(
-                    self.url, baudrate=self.baud, timeout=_POLL_S, write_timeout=self.timeout
+                    self.url, baudrate=self.baud, timeout=_POLL_S, write_timeout=write_timeout
                 )
                 break
             except (serial.SerialException, OSError, ValueError) as exc:
@@ -128,7 +182,12 @@ class DeviceClient:
         self._write(DELIMITER)
 
     def _port_advice(self, exc: BaseException) -> str:
-        if self.url.startswith("socket://"):
+        if self.url.startswith("rfc2217://"):
+            what = (
+                "is the RFC 2217 server in front of the board running (ser2net, "
+                "python -m microfit.harness.rfc2217) and is this its host and port?"
+            )
+        elif self.url.startswith("socket://"):
             what = (
                 "nothing is listening there: is the emulator running (microfit emulate) "
                 "and is this its port?"
@@ -171,27 +230,48 @@ class DeviceClient:
         try:
             self._port.write(data)
             self._port.flush()
+            self.stats.bytes_sent += len(data)
         except (serial.SerialException, OSError) as exc:
             raise PortError(f"writing to {self.url} failed: {exc}") from exc
 
-    def _read_wire_frame(self, deadline: float) -> bytes | None:
-        """Bytes up to the next delimiter, or None when the deadline passes."""
+    def _replies(self, deadline: float) -> Iterator[Frame | FrameError]:
+        """Frames received until `deadline`: checked frames, or the error of a bad one.
+
+        A frame normally ends at its delimiter. When the delimiter itself was
+        lost, the frame's bytes sit in the buffer while the line is quiet;
+        they are then tried as a frame, and used only if they pass every
+        check (COBS, length, CRC), so a lost delimiter costs one poll period
+        instead of a timeout and a resend. Bytes that do not decode yet stay
+        buffered: more may be on their way.
+        """
         buf = bytearray()
-        while True:
-            if time.monotonic() >= deadline:
-                return None
+        while time.monotonic() < deadline:
             try:
                 chunk = self._port.read_until(DELIMITER, _MAX_WIRE_FRAME - len(buf))
             except (serial.SerialException, OSError) as exc:
                 raise PortError(f"reading from {self.url} failed: {exc}") from exc
-            buf += chunk
-            if buf.endswith(DELIMITER):
-                if len(buf) == 1:
-                    buf.clear()  # an empty frame: a bare delimiter
+            if chunk:
+                self.stats.bytes_received += len(chunk)
+                buf += chunk
+                if buf.endswith(DELIMITER):
+                    wire = bytes(buf[:-1])
+                    buf.clear()
+                    if not wire:
+                        continue  # an empty frame: a bare delimiter
+                    try:
+                        yield decode_frame(wire)
+                    except FrameError as exc:
+                        yield exc
+                elif len(buf) >= _MAX_WIRE_FRAME:
+                    buf.clear()  # noise without delimiters; keep listening
+            elif buf:
+                try:
+                    frame = decode_frame(bytes(buf))
+                except FrameError:
                     continue
-                return bytes(buf)
-            if len(buf) >= _MAX_WIRE_FRAME:
-                buf.clear()  # noise without delimiters; keep listening
+                buf.clear()
+                self.stats.unterminated_frames += 1
+                yield frame
 
     def _discard_input(self) -> None:
         """Drop bytes already received: late replies to requests we gave up on."""
@@ -201,15 +281,23 @@ class DeviceClient:
             raise PortError(f"resetting the input of {self.url} failed: {exc}") from exc
 
     def _next_seq(self) -> int:
+        self._recent_seqs.append(self._seq)
         self._seq = (self._seq + 1) & 0xFF
         return self._seq
 
-    def request(self, msg: Msg, payload: bytes = b"", expect: Msg | None = None) -> Frame:
+    def request(
+        self,
+        msg: Msg,
+        payload: bytes | Callable[[], bytes] = b"",
+        expect: Msg | None = None,
+    ) -> Frame:
         """Send one request and return its checked reply, resending as needed.
 
-        Raises DeviceTimeoutError when no valid reply came after all attempts,
-        ProtocolError when the device rejects the request or the link stays
-        corrupt.
+        `payload` may be a function, called again for every attempt: chunked
+        transfers use it to send a shorter chunk after a failed attempt (see
+        `chunk`). Raises DeviceTimeoutError when no valid reply came after
+        all attempts, ProtocolError when the device rejects the request or
+        the link stays corrupt.
         """
         timeout = self.invoke_timeout if msg == Msg.INVOKE else self.timeout
         self.stats.requests += 1
@@ -217,25 +305,28 @@ class DeviceClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
+                self._link_trouble()
             seq = self._next_seq()
+            body = payload() if callable(payload) else payload
             self._discard_input()
-            self._write(encode_frame(Frame(int(msg), seq, payload)))
+            # A second delimiter after the frame: if a noisy line eats the
+            # first, the device still sees the frame end instead of waiting
+            # (and the host timing out). An empty frame is ignored.
+            self._write(encode_frame(Frame(int(msg), seq, body)) + DELIMITER)
             deadline = time.monotonic() + timeout
-            while True:
-                wire = self._read_wire_frame(deadline)
-                if wire is None:
-                    self.stats.timeouts += 1
-                    last_problem = f"no reply within {timeout:g} s"
-                    break
-                try:
-                    reply = decode_frame(wire)
-                except FrameError as exc:
+            for reply in self._replies(deadline):
+                if isinstance(reply, FrameError):
                     # A damaged frame (bad CRC, or a flipped bit that broke
                     # the COBS structure) is most likely our reply: ask again.
                     self.stats.crc_errors += 1
-                    last_problem = f"corrupt reply ({exc})"
+                    last_problem = f"corrupt reply ({reply})"
                     break
                 if reply.type == Msg.ERROR and parse_error(reply.payload).is_link_error:
+                    if reply.seq in self._recent_seqs:
+                        # The device could not read one of our earlier
+                        # attempts; this one may still be on its way.
+                        self.stats.stale_replies += 1
+                        continue
                     # The device could not read a frame. Its seq byte may be
                     # the damaged one, so do not insist on ours: resending is
                     # safe (commands are idempotent) and a duplicate reply is
@@ -252,6 +343,14 @@ class DeviceClient:
                         f"stopped (fault {parse_error(reply.payload).detail}; on Cortex-M the "
                         "exception number, 3 = HardFault). Reset it, or restart the emulator."
                     )
+                if reply.type == int(msg) and reply.seq == seq and reply.payload == body:
+                    # Our own request came back: nothing but a wire answers
+                    # like that (loop://, a loopback plug, a terminal echoing).
+                    raise PortError(
+                        f"{self.url} echoes what is sent instead of answering: it is a loopback "
+                        "(loop://, a jumper between TX and RX, a tty with echo on), not a "
+                        "device running microfit firmware"
+                    )
                 if reply.seq != seq:
                     self.stats.stale_replies += 1
                     continue
@@ -267,7 +366,12 @@ class DeviceClient:
                         f"device at {self.url} answered {msg.name} with frame type "
                         f"0x{reply.type:02x}, expected {wanted.name}"
                     )
+                if not attempt:
+                    self._link_clean()
                 return reply
+            else:
+                self.stats.timeouts += 1
+                last_problem = f"no reply within {timeout:g} s"
         attempts = self.retries + 1
         if last_problem.startswith("no reply"):
             raise DeviceTimeoutError(
@@ -278,6 +382,31 @@ class DeviceClient:
         raise ProtocolError(
             f"{msg.name} to {self.url} failed after {attempts} attempts: {last_problem}"
         )
+
+    # ------------------------------------------------------------ chunk size
+
+    @property
+    def chunk(self) -> int:
+        """Bytes per LOAD_INPUT / READ_OUTPUT chunk at the moment.
+
+        It starts at the device's max_chunk and halves (down to MIN_CHUNK)
+        on every failed attempt: on a noisy line a long frame is likely to be
+        hit, a short one gets through. After CLEAN_STREAK requests in a row
+        that passed at the first attempt it doubles again.
+        """
+        limit = self.info.max_chunk if self.info is not None else MIN_CHUNK
+        return max(1, min(self._chunk or limit, limit))
+
+    def _link_trouble(self) -> None:
+        self._clean_streak = 0
+        self._chunk = max(MIN_CHUNK, self.chunk // 2)
+        self.stats.smallest_chunk = min(self.stats.smallest_chunk or self._chunk, self._chunk)
+
+    def _link_clean(self) -> None:
+        self._clean_streak += 1
+        if self._clean_streak >= CLEAN_STREAK and self._chunk is not None:
+            self._clean_streak = 0
+            self._chunk = self.chunk * 2
 
     # ------------------------------------------------------------ commands
 
@@ -292,7 +421,9 @@ class DeviceClient:
             )
         if isinstance(expected_hash, str):
             expected_hash = bytes.fromhex(expected_hash)
-        wanted = expected_hash if expected_hash is not None else self.expected_hash
+        if expected_hash is not None:
+            self.expected_hash = expected_hash
+        wanted = self.expected_hash
         if wanted is not None and info.model_hash != wanted:
             raise ModelMismatchError(
                 f"device at {self.url} ({info.board_name}) runs model {info.model_hash.hex()}, "
@@ -309,29 +440,63 @@ class DeviceClient:
         info = self._ensure_info()
         if len(data) != info.input_size:
             raise ValueError(f"input has {len(data)} bytes, the device's model expects {info.input_size}")
-        chunk = max(1, info.max_chunk)
-        for offset in range(0, len(data), chunk):
-            part = data[offset : offset + chunk]
-            self.request(Msg.LOAD_INPUT, load_input_payload(offset, part))
+        offset = 0
+        while offset < len(data):
+            sent: list[int] = []
+
+            def payload(offset: int = offset, sent: list[int] = sent) -> bytes:
+                part = data[offset : offset + self.chunk]
+                sent.append(len(part))
+                return load_input_payload(offset, part)
+
+            reply = self.request(Msg.LOAD_INPUT, payload)
+            got_offset, count = parse_ack(reply.payload)
+            if got_offset != offset or count != sent[-1]:
+                raise ProtocolError(
+                    f"sent input bytes {offset}..{offset + sent[-1]}, device acknowledged "
+                    f"{got_offset}..{got_offset + count}"
+                )
+            offset += count
+
+    def invoke_done(self) -> Done:
+        """Run the model once; the device's DONE reply, checked for a reset.
+
+        The run counter only grows while the device is up; a DONE whose run
+        is not ahead of the previous one means the device restarted between
+        the two (power glitch, watchdog, someone pressed reset). The model
+        hash is then checked again, since a restarted board may have been
+        reflashed with another model.
+        """
+        done = parse_done(self.request(Msg.INVOKE).payload)
+        last = self._last_run
+        self._last_run = done.run
+        if last is not None and not 0 < (done.run - last) % 65536 < 32768:
+            self.stats.resets += 1
+            self.info = None
+            self.hello()
+        return done
 
     def invoke(self) -> tuple[int, int, int, int]:
         """Run the model once; returns (ticks, counter, input_crc, run)."""
-        done = parse_done(self.request(Msg.INVOKE).payload)
+        done = self.invoke_done()
         return done.ticks, done.counter, done.input_crc, done.run
 
     def read_output(self, expected_run: int | None = None) -> bytes:
         """Read the whole output of the last inference."""
         info = self._ensure_info()
         out = bytearray()
-        chunk = max(1, info.max_chunk)
-        for offset in range(0, info.output_size, chunk):
-            length = min(chunk, info.output_size - offset)
-            got_offset, run, data = parse_output(
-                self.request(Msg.READ_OUTPUT, read_output_payload(offset, length)).payload
-            )
-            if got_offset != offset or len(data) != length:
+        while len(out) < info.output_size:
+            offset = len(out)
+            asked: list[int] = []
+
+            def payload(offset: int = offset, asked: list[int] = asked) -> bytes:
+                asked.append(min(self.chunk, info.output_size - offset))
+                return read_output_payload(offset, asked[-1])
+
+            got_offset, run, data = parse_output(self.request(Msg.READ_OUTPUT, payload).payload)
+            if got_offset != offset or len(data) != asked[-1]:
                 raise ProtocolError(
-                    f"asked for output bytes {offset}..{offset + length}, device sent "
+                    f"asked for output bytes {offset}..{offset + asked[-1]}, device sent "
                     f"{got_offset}..{got_offset + len(data)}"
                 )
             if expected_run is not None and run != expected_run:
@@ -339,12 +504,53 @@ class DeviceClient:
             out += data
         return bytes(out)
 
-    def infer(self, input: bytes) -> InferResult:
-        """Load `input`, run the model, read its output.
+    def read_layers(self, expected_run: int | None = None) -> list[int] | None:
+        """Per-layer counter values of the last inference (cycles or instructions).
 
-        The input CRC and run counter the device reports are checked; on a
-        mismatch (a lost chunk, a device reset) the whole inference is redone,
-        counted as a retry.
+        Index i is the model's node i (MODEL_LAYER_BEGIN/END(i) in model.c);
+        nodes that generate no code (a reshape view) read 0. None when the
+        firmware was built without the layer hooks or predates the command.
+        """
+        values: list[int] = []
+        count: int | None = None
+        while count is None or len(values) < count:
+            try:
+                reply = self.request(Msg.READ_LAYERS, read_layers_payload(len(values)))
+            except ProtocolError as exc:
+                if "UNKNOWN_COMMAND" in str(exc):
+                    return None  # firmware older than the command
+                raise
+            layers = parse_layers(reply.payload)
+            if expected_run is not None and layers.run != expected_run:
+                raise _StaleRun(layers.run, expected_run)
+            if layers.first != len(values):
+                raise ProtocolError(
+                    f"asked for layers from {len(values)}, device sent from {layers.first}"
+                )
+            count = layers.count
+            if count and not layers.counters:
+                raise ProtocolError(f"device reports {count} layers but sent none")
+            values += layers.counters
+        return values[:count] if count else None
+
+    def reset(self) -> None:
+        """Reset the protocol state on the device: run counter, input, layer times.
+
+        A soft reset, for a clean start of a measurement; it does not reboot
+        the board.
+        """
+        self.request(Msg.RESET)
+        self._last_run = None
+
+    def infer(self, input: bytes, layers: bool = False) -> InferResult:
+        """Load `input`, run the model, read its output (and per-layer counts if asked).
+
+        Nothing is returned that did not check out: the input CRC the device
+        reports must equal that of what was sent, every output chunk must
+        belong to this run, and the output must match the CRC the device
+        computed (when it sends one). On a mismatch (a lost chunk, a device
+        reset, a corrupted reply that slipped past a frame CRC) the whole
+        inference is redone and counted as a retry.
         """
         data = bytes(input)
         retries_before = self.stats.retries
@@ -354,22 +560,34 @@ class DeviceClient:
             if attempt:
                 self.stats.retries += 1
             self.load_input(data)
-            ticks, counter, input_crc, run = self.invoke()
-            if input_crc != expected_crc:
+            done = self.invoke_done()
+            if done.input_crc != expected_crc:
+                self.stats.input_crc_mismatches += 1
                 problem = (
-                    f"device ran on an input with CRC 0x{input_crc:04x}, host sent 0x{expected_crc:04x}"
+                    f"device ran on an input with CRC 0x{done.input_crc:04x}, host sent "
+                    f"0x{expected_crc:04x}"
                 )
                 continue
             try:
-                output = self.read_output(expected_run=run)
+                output = self.read_output(expected_run=done.run)
+                layer_counts = self.read_layers(expected_run=done.run) if layers else None
             except _StaleRun as exc:
+                self.stats.stale_runs += 1
                 problem = str(exc)
+                continue
+            if done.output_crc is not None and crc16_ccitt_false(output) != done.output_crc:
+                self.stats.output_crc_mismatches += 1
+                problem = (
+                    f"output read back has CRC 0x{crc16_ccitt_false(output):04x}, the device "
+                    f"computed 0x{done.output_crc:04x}"
+                )
                 continue
             return InferResult(
                 output=output,
-                ticks=ticks,
-                counter_value=counter,
+                ticks=done.ticks,
+                counter_value=done.counter,
                 retries=self.stats.retries - retries_before,
+                layers=layer_counts,
             )
         raise ProtocolError(f"inference on {self.url} failed after {self.retries + 1} attempts: {problem}")
 

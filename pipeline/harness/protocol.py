@@ -30,10 +30,14 @@ class Msg(IntEnum):
     LOAD_INPUT = 0x02
     INVOKE = 0x03
     READ_OUTPUT = 0x04
+    READ_LAYERS = 0x05
+    RESET = 0x06
     INFO = 0x81
     ACK = 0x82
     DONE = 0x83
     OUTPUT = 0x84
+    LAYERS = 0x85
+    RESET_DONE = 0x86
     ERROR = 0xFF
 
 
@@ -54,7 +58,9 @@ class ErrorCode(IntEnum):
         return self in (ErrorCode.BAD_CRC, ErrorCode.BAD_FRAMING, ErrorCode.FRAME_TOO_LONG)
 
 
-COUNTER_KINDS = {0: "cycles", 1: "instructions"}
+# What the device's counter counts. "nanoseconds" is the host build's wall
+# clock (firmware_templates/host/serial): time, but not a microcontroller's.
+COUNTER_KINDS = {0: "cycles", 1: "instructions", 2: "nanoseconds"}
 
 
 class FrameError(ProtocolError):
@@ -275,6 +281,14 @@ def load_input_payload(offset: int, chunk: bytes) -> bytes:
     return struct.pack("<H", offset) + bytes(chunk)
 
 
+def parse_ack(payload: bytes) -> tuple[int, int]:
+    """Decode an ACK payload into (offset, count)."""
+    if len(payload) < 3:
+        raise ProtocolError(f"ACK payload has {len(payload)} bytes, needs 3")
+    offset, count = struct.unpack_from("<HB", payload)
+    return offset, count
+
+
 def read_output_payload(offset: int, length: int) -> bytes:
     """READ_OUTPUT payload: offset u16, length u8."""
     return struct.pack("<HB", offset, length)
@@ -282,19 +296,51 @@ def read_output_payload(offset: int, length: int) -> bytes:
 
 @dataclass(frozen=True)
 class Done:
-    """DONE reply: how long model_invoke took, and proof of which input it used."""
+    """DONE reply: how long model_invoke took, and proof of which input it used.
+
+    `output_crc` (CRC-16 of the whole output, appended in protocol v1.1) lets
+    the host check the output it reassembles from chunks end to end; None
+    when the firmware predates it.
+    """
 
     ticks: int
     counter: int
     input_crc: int
     run: int
+    output_crc: int | None = None
 
 
 def parse_done(payload: bytes) -> Done:
-    """Decode a DONE payload (ticks u32, counter u32, input CRC u16, run u16)."""
+    """Decode a DONE payload (ticks u32, counter u32, input CRC u16, run u16[, output CRC u16])."""
     if len(payload) < 12:
         raise ProtocolError(f"DONE payload has {len(payload)} bytes, needs 12")
-    return Done(*struct.unpack_from("<IIHH", payload))
+    ticks, counter, input_crc, run = struct.unpack_from("<IIHH", payload)
+    output_crc = struct.unpack_from("<H", payload, 12)[0] if len(payload) >= 14 else None
+    return Done(ticks, counter, input_crc, run, output_crc)
+
+
+def read_layers_payload(first: int) -> bytes:
+    """READ_LAYERS payload: index of the first layer wanted, u16."""
+    return struct.pack("<H", first)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """LAYERS reply: per-layer counter values of the last inference, one slice."""
+
+    run: int
+    count: int  # layers the firmware recorded (0: built without layer hooks)
+    first: int
+    counters: tuple[int, ...]
+
+
+def parse_layers(payload: bytes) -> Layers:
+    """Decode a LAYERS payload (run u16, count u16, first u16, then u32 counters)."""
+    if len(payload) < 6 or (len(payload) - 6) % 4:
+        raise ProtocolError(f"LAYERS payload of {len(payload)} bytes is not 6 + 4k")
+    run, count, first = struct.unpack_from("<HHH", payload)
+    n = (len(payload) - 6) // 4
+    return Layers(run, count, first, struct.unpack_from(f"<{n}I", payload, 6))
 
 
 def parse_output(payload: bytes) -> tuple[int, int, bytes]:

@@ -43,6 +43,35 @@ class CounterStats:
         )
 
 
+def counter_to_us(value: float, kind: str, clock_hz: int) -> float | None:
+    """A counter value in microseconds, where that means something.
+
+    Cycles at the board's clock convert exactly; the host build's
+    nanoseconds too. QEMU's instructions are not time (QEMU is not
+    cycle-accurate), so they have no microseconds: None.
+    """
+    if kind == "cycles" and clock_hz > 0:
+        return value * 1e6 / clock_hz
+    if kind == "nanoseconds":
+        return value / 1e3
+    return None
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One layer's share of an inference, from the device's per-layer hooks."""
+
+    index: int
+    name: str
+    median: float
+    min: int
+    max: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
 @dataclass
 class ValidationResult:
     """Everything a validation run measured, per sample and in summary."""
@@ -59,6 +88,11 @@ class ValidationResult:
     agreement: float | None = None  # share of samples whose bytes equal `expected`
     mismatches: list[int] = field(default_factory=list)
     accuracy: float | None = None  # argmax vs labels
+    clock_hz: int = 0
+    link: dict[str, int] = field(default_factory=dict)  # LinkStats counters of this run
+    layers: list[LayerStats] = field(default_factory=list)
+    labels: np.ndarray | None = None  # [N] true classes, when given
+    baud: int | None = None  # the serial line's rate, for the throughput limit
 
     @property
     def samples(self) -> int:
@@ -69,6 +103,55 @@ class ValidationResult:
     def counter_per_mac(self) -> float | None:
         """Median counter value per MAC: comparable across models."""
         return self.counter.median / self.macs if self.macs else None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Top-1 class of each device output."""
+        return self.outputs.reshape(self.samples, -1).argmax(axis=1)
+
+    def confusion(self) -> np.ndarray | None:
+        """Confusion matrix [true class, predicted class] (None without labels)."""
+        if self.labels is None:
+            return None
+        n_classes = max(int(self.outputs.shape[1]), int(self.labels.max()) + 1)
+        matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+        np.add.at(matrix, (self.labels.astype(np.int64), self.predictions), 1)
+        return matrix
+
+    def per_class_accuracy(self) -> list[float | None] | None:
+        """Recall of each true class (None for a class absent from the labels)."""
+        matrix = self.confusion()
+        if matrix is None:
+            return None
+        totals = matrix.sum(axis=1)
+        return [float(matrix[c, c] / totals[c]) if totals[c] else None for c in range(len(totals))]
+
+    def latency_us(self) -> dict[str, float] | None:
+        """Latency statistics in microseconds at the board clock, where meaningful."""
+        c = self.counter
+        if counter_to_us(1.0, c.kind, self.clock_hz) is None:
+            return None
+        return {k: float(counter_to_us(getattr(c, k), c.kind, self.clock_hz))  # type: ignore[arg-type]
+                for k in ("min", "median", "p95", "max")}
+
+    def throughput(self) -> dict[str, float | int | None]:
+        """Samples per second achieved, beside what the serial line could carry.
+
+        The line limit assumes 10 bits per byte (8N1) and the bytes this run
+        really exchanged per sample, requests and replies in turn (the
+        protocol waits for each reply). On QEMU's socket the baud rate is
+        not enforced, so the achieved rate may exceed it.
+        """
+        rate = self.samples / self.wall_time_s if self.wall_time_s > 0 else None
+        wire = self.link.get("bytes_sent", 0) + self.link.get("bytes_received", 0)
+        per_sample = wire / self.samples if self.samples else 0
+        limit = (self.baud / 10.0) / per_sample if self.baud and per_sample else None
+        return {
+            "samples_per_s": rate,
+            "wire_bytes_per_sample": per_sample,
+            "baud": self.baud,
+            "line_limit_samples_per_s": limit,
+        }
 
     def summary(self) -> str:
         """A few human-readable lines for the console and report.md."""
@@ -86,6 +169,16 @@ class ValidationResult:
             f"{c.kind} per inference: median {c.median:,.0f} (min {c.min:,}, p95 {c.p95:,.0f}, "
             f"max {c.max:,}; resolution +-{c.resolution}){per_mac}"
         )
+        us = self.latency_us()
+        if us is not None:
+            lines.append(f"latency: median {us['median']:,.1f} us at {self.clock_hz / 1e6:g} MHz")
+        tp = self.throughput()
+        if tp["samples_per_s"]:
+            limit = tp["line_limit_samples_per_s"]
+            lines.append(
+                f"throughput: {tp['samples_per_s']:.1f} samples/s"
+                + (f" (a {self.baud}-baud line allows {limit:.1f})" if limit else "")
+            )
         lines.append(f"link retries: {self.retries}")
         return "\n".join(lines)
 
@@ -98,6 +191,7 @@ class ValidationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (per-sample arrays as lists)."""
+        confusion = self.confusion()
         return {
             "samples": self.samples,
             "board": self.board,
@@ -109,7 +203,14 @@ class ValidationResult:
             "counter_kind": self.counter.kind,
             "counter_stats": {k: v for k, v in asdict(self.counter).items() if k != "kind"},
             "counter_per_mac": self.counter_per_mac,
+            "clock_hz": self.clock_hz,
+            "latency_us": self.latency_us(),
+            "throughput": self.throughput(),
             "retries": self.retries,
+            "link": dict(self.link),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "confusion": None if confusion is None else confusion.tolist(),
+            "per_class_accuracy": self.per_class_accuracy(),
             "wall_time_s": self.wall_time_s,
             "ticks": self.ticks.tolist(),
             "counters": self.counters.tolist(),
@@ -143,13 +244,18 @@ def validate(
     labels: np.ndarray | None = None,
     expected: np.ndarray | None = None,
     progress: bool = True,
+    layer_names: list[str] | None = None,
+    layer_samples: int = 8,
 ) -> ValidationResult:
     """Run every input on the device; compare with `expected` and `labels`.
 
     `inputs` is int8 [N, ...] (each sample flattened in C order must be the
     model's input size). `expected` holds the reference's int8 outputs
     [N, ...] for the byte-exact agreement check; `labels` [N] the true classes
-    for accuracy (argmax of the device's output).
+    for accuracy (argmax of the device's output). Per-layer counts are read
+    for the first `layer_samples` samples (0: never), which is enough for
+    their median and keeps the link busy with inputs rather than timings;
+    `layer_names[i]` names node i.
     """
     inputs = np.asarray(inputs)
     if inputs.dtype != np.int8:
@@ -179,8 +285,10 @@ def validate(
     ticks = np.zeros(n, dtype=np.uint64)
     counters = np.zeros(n, dtype=np.uint64)
     mismatches: list[int] = []
+    layer_rows: list[list[int]] = []
     correct = 0
     retries = 0
+    link_before = client.stats.copy()
     start = time.perf_counter()
     bar = _progress(progress)
     task = None
@@ -190,7 +298,7 @@ def validate(
     try:
         for i in range(n):
             try:
-                result = client.infer(flat[i].tobytes())
+                result = client.infer(flat[i].tobytes(), layers=i < layer_samples)
             except MicrofitError as exc:
                 raise type(exc)(f"sample {i} of {n}: {exc}") from exc
             out = np.frombuffer(result.output, dtype=np.int8)
@@ -198,6 +306,8 @@ def validate(
             ticks[i] = result.ticks
             counters[i] = result.counter_value
             retries += result.retries
+            if result.layers:
+                layer_rows.append(result.layers)
             if expected is not None and not np.array_equal(out, expected[i]):
                 mismatches.append(i)
             if labels is not None and int(np.argmax(out)) == int(labels[i]):
@@ -208,6 +318,8 @@ def validate(
                     status.append(f"acc {correct / (i + 1):.1%}")
                 if expected is not None:
                     status.append(f"agree {(i + 1 - len(mismatches)) / (i + 1):.1%}")
+                if retries:
+                    status.append(f"retries {retries}")
                 bar.update(task, advance=1, status=" ".join(status))
     finally:
         if bar is not None:
@@ -227,4 +339,23 @@ def validate(
         agreement=None if expected is None else (n - len(mismatches)) / n,
         mismatches=mismatches,
         accuracy=None if labels is None else correct / n,
+        clock_hz=info.clock_hz,
+        link=client.stats.since(link_before).to_dict(),
+        layers=_layer_stats(layer_rows, layer_names),
+        labels=labels,
+        baud=getattr(client, "baud", None),
     )
+
+
+def _layer_stats(rows: list[list[int]], names: list[str] | None) -> list[LayerStats]:
+    """Median, min and max of each layer over the samples that reported layers."""
+    if not rows:
+        return []
+    width = min(len(r) for r in rows)
+    table = np.array([r[:width] for r in rows], dtype=np.int64)
+    out = []
+    for i in range(width):
+        name = names[i] if names is not None and i < len(names) else f"layer {i}"
+        col = table[:, i]
+        out.append(LayerStats(i, name, float(np.median(col)), int(col.min()), int(col.max())))
+    return out

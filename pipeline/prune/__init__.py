@@ -1,13 +1,12 @@
-"""Structured (filter/channel) pruning.
+"""Structured (filter/channel) pruning on a dependency graph.
 
-Kept in layers, so the dependency-graph engine can replace the graph without
-touching the rest:
-  graph.py       which layers are coupled (torch.fx trace -> channel groups)
-  functions.py   how to cut each layer type (registry)
+Kept in layers, mechanism apart from policy:
+  graph.py       which channels are coupled (torch.fx trace -> channel groups)
+  functions.py   how each op moves channels and how to cut each layer type (registry)
   importance.py  how to rank channels (registry of criteria)
-  plan.py        which channels to keep (the plan and the budget search)
+  plan.py        which channels to keep (plans, local and global searches)
   apply.py       carry out a plan (physically, or as a mask)
-  macs.py        what it costs
+  macs.py        what it costs (counted, and predicted for any plan)
   api.py         prune() and the run-folder files
 """
 
@@ -16,20 +15,24 @@ from .api import (
     DEFAULT_FINETUNE_LR,
     PruneResult,
     load_pruned,
+    measure,
     prune,
     save_pruned,
 )
 from .apply import apply_plan, mask_model
-from .functions import LayerRule, register_layer
+from .functions import FunctionRule, LayerRule, register_function, register_layer
 from .graph import ChannelGroup, DependencyGraph, analyze
-from .importance import register_criterion
-from .macs import count_macs_params, count_params, layer_macs
+from .importance import criteria, register_criterion, score_groups
+from .macs import CostModel, count_macs_params, count_params, layer_macs
 from .plan import (
     DEFAULT_TARGET_MAC_RATIO,
     Plan,
+    compose_plans,
     keep_count,
     load_plan,
     make_plan,
+    round_to_for_board,
+    round_to_for_core,
     save_plan,
     validate_plan,
 )
@@ -39,24 +42,33 @@ __all__ = [
     "DEFAULT_FINETUNE_LR",
     "DEFAULT_TARGET_MAC_RATIO",
     "ChannelGroup",
+    "CostModel",
     "DependencyGraph",
+    "FunctionRule",
     "LayerRule",
     "Plan",
     "PruneResult",
     "analyze",
     "apply_plan",
+    "compose_plans",
     "count_macs_params",
     "count_params",
+    "criteria",
     "keep_count",
     "layer_macs",
     "load_plan",
     "load_pruned",
     "make_plan",
     "mask_model",
+    "measure",
     "prune",
     "register_criterion",
+    "register_function",
     "register_layer",
+    "round_to_for_board",
+    "round_to_for_core",
     "save_plan",
     "save_pruned",
+    "score_groups",
     "validate_plan",
 ]

@@ -2,8 +2,9 @@
 
 ``apply_plan`` builds a smaller model (new layers with fewer channels, every
 coupled layer cut consistently); ``mask_model`` keeps the original shapes and
-zeroes the removed channels. Before fine-tuning the two compute the same
-function, which is DESIGN invariant 2 and what the tests hold them to.
+zeroes every weight that touches a removed channel. Before fine-tuning the
+two compute the same function, which is DESIGN invariant 2 and what the
+tests hold them to.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from .functions import rule_for
-from .graph import analyze
-from .plan import validate_plan
+from .graph import DependencyGraph, analyze, rewrite_graph
+from .plan import plan_input_shape, validate_plan
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -25,66 +26,64 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _rule(module: nn.Module, name: str):
-    rule = rule_for(module)
-    assert rule is not None, f"analyze() accepted '{name}' without a rule"
-    return rule
+def graph_for(model: nn.Module, plan: Mapping[str, Sequence[int]],
+              input_shape: Sequence[int] | None = None,
+              graph: DependencyGraph | None = None) -> DependencyGraph:
+    """The dependency graph to apply ``plan`` with (analysed unless given)."""
+    if graph is not None:
+        return graph
+    return analyze(model, plan_input_shape(plan, input_shape))
 
 
-def _feature_index(kept: torch.Tensor, per_channel: int) -> torch.Tensor:
-    """Features a flattened ``[C, H, W]`` keeps: channel c owns c*HW .. c*HW + HW-1."""
-    offsets = torch.arange(per_channel, dtype=torch.long)
-    return (kept[:, None] * per_channel + offsets[None, :]).reshape(-1)
-
-
-def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]]) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Mapping[str, Sequence[int]],
+               input_shape: Sequence[int] | None = None, *,
+               graph: DependencyGraph | None = None) -> nn.Module:
     """A copy of ``model`` with only the planned channels (``model`` is untouched).
 
-    Each group's producer loses output channels, its BatchNorms lose the same
-    channels, and the next producer loses the matching inputs (``H*W``
-    features per channel after a Flatten, channel-major as torch flattens
-    NCHW).
+    Every layer of a group loses the same channels: producers their output
+    filters, BatchNorm and depthwise convs the matching channels, consumers
+    the matching input columns (``H*W`` per channel after a flatten, at the
+    right offset after a concat). ``input_shape`` defaults to the one the
+    plan was made for. When forward() holds channel counts as constants
+    (``torch.split`` sizes, a ``x[:, :8]`` slice, ``x.view(-1, 512)``), the
+    result is a torch.fx GraphModule with those constants updated; its
+    state_dict keys are the original model's.
     """
-    graph = analyze(model)
+    graph = graph_for(model, plan, input_shape, graph)
     validate_plan(plan, graph)
+    vec = graph.keep_vector(plan)
     pruned = copy.deepcopy(model)
-    for name, kept_list in plan.items():
-        group = graph.groups[name]
-        kept = torch.tensor(list(kept_list), dtype=torch.long)
-        for layer in (group.name, *group.channelwise):
-            module = pruned.get_submodule(layer)
-            prune_out = _rule(module, layer).prune_out
-            assert prune_out is not None
-            _replace(pruned, layer, prune_out(module, kept))
-        for layer, per_channel in group.consumers:
-            module = pruned.get_submodule(layer)
-            prune_in = _rule(module, layer).prune_in
-            assert prune_in is not None
-            _replace(pruned, layer, prune_in(module, _feature_index(kept, per_channel)))
+    for name, entry in graph.layers.items():
+        kept = {axis: graph.kept_elements(name, axis, vec) for axis in entry.axes}
+        if all(len(k) == len(entry.axes[a]) for a, k in kept.items()):
+            continue
+        assert entry.rule.prune is not None, f"rule for {entry.type_name} cannot prune"
+        module = pruned.get_submodule(name)
+        _replace(pruned, name, entry.rule.prune(
+            module, {a: torch.from_numpy(k) for a, k in kept.items()}))
+    new_graph = rewrite_graph(graph, vec)
+    if new_graph is not None:
+        pruned = torch.fx.GraphModule(pruned, new_graph, graph.model_name)
     return pruned
 
 
-def mask_model(model: nn.Module, plan: Mapping[str, Sequence[int]]) -> nn.Module:
-    """A copy of ``model`` with the channels the plan removes forced to exactly 0.
+def mask_model(model: nn.Module, plan: Mapping[str, Sequence[int]],
+               input_shape: Sequence[int] | None = None, *,
+               graph: DependencyGraph | None = None) -> nn.Module:
+    """A copy of ``model`` where every weight touching a removed channel is 0.
 
-    The filter weights and bias of each removed channel are zeroed, and so is
-    any BatchNorm on it (gamma, beta and running mean), so the channel is 0
-    after every layer; the next layer then gets nothing from it, exactly as
-    if it were gone.
+    Producers lose their filters and bias, BatchNorms their gamma, beta and
+    mean (so the channel is exactly 0), and consumers the input columns that
+    read it. The pruned model must compute exactly this function.
     """
-    graph = analyze(model)
+    graph = graph_for(model, plan, input_shape, graph)
     validate_plan(plan, graph)
+    vec = graph.keep_vector(plan)
     masked = copy.deepcopy(model)
-    for name, kept_list in plan.items():
-        group = graph.groups[name]
-        keep = set(kept_list)
-        removed = torch.tensor([c for c in range(group.channels) if c not in keep],
-                               dtype=torch.long)
-        if len(removed) == 0:
+    for name, entry in graph.layers.items():
+        removed = {a: torch.from_numpy(np.nonzero(~vec[ids])[0]) for a, ids in entry.axes.items()}
+        if not any(len(r) for r in removed.values()):
             continue
-        for layer in (group.name, *group.channelwise):
-            module = masked.get_submodule(layer)
-            mask_out = _rule(module, layer).mask_out
-            assert mask_out is not None
-            mask_out(module, removed)
+        if entry.rule.mask is not None:
+            entry.rule.mask(masked.get_submodule(name), removed)
     return masked

@@ -14,6 +14,14 @@ Two rounding modes exist in the TFLite world (see docs/quantization.md):
     one 64-bit multiply, one add of half, one arithmetic shift.
 
 The two differ by one on some outputs; neither is a tolerance for the other.
+
+A third arithmetic, ``"litert"``, exists only in the numpy reference: what the
+LiteRT 2.3 interpreter's reference kernels (``OpResolverType.BUILTIN_REF``)
+really compute, measured against it byte for byte. Its convolutions, depthwise
+convolutions and ADD requantize like ``"double"``; its int8 FULLY_CONNECTED
+multiplies the accumulator by the real multiplier in IEEE double precision and
+rounds half away from zero (:func:`round_by_real_multiplier`). No device runs
+that, so code generation does not offer it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import numpy as np
 
 RoundingMode = Literal["double", "single"]
 ROUNDING_MODES: tuple[str, ...] = ("double", "single")
+#: Modes the numpy reference executor accepts: the device modes plus LiteRT's.
+REFERENCE_MODES: tuple[str, ...] = ROUNDING_MODES + ("litert",)
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -109,6 +119,25 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, mode: RoundingMode = 
         # int64 product plus rounding constant cannot overflow for int32 inputs.
         return _wrap_i32((x * m + rnd) >> total)
     raise ValueError(f"unknown rounding mode {mode!r}; use one of {ROUNDING_MODES}")
+
+
+def round_half_away_exact(v: np.ndarray) -> np.ndarray:
+    """C's ``round`` on float64 values, exactly (``floor(|v| + 0.5)`` is not: the add rounds)."""
+    v = np.asarray(v, dtype=np.float64)
+    t = np.trunc(v)
+    frac = v - t  # exact for doubles
+    return (t + np.sign(v) * (np.abs(frac) >= 0.5)).astype(np.int64)
+
+
+def round_by_real_multiplier(acc, real_multiplier) -> np.ndarray:
+    """``round(double(acc) * real_multiplier)``: LiteRT's reference int8 FULLY_CONNECTED.
+
+    The product is one IEEE double multiplication (numpy's float64 is the same
+    operation as C's), then C's round: half away from zero.
+    """
+    prod = np.asarray(acc, dtype=np.int64).astype(np.float64) * np.asarray(real_multiplier,
+                                                                          dtype=np.float64)
+    return round_half_away_exact(prod)
 
 
 def requantize_to_int8(acc, multiplier, shift, out_zero_point: int, act_min: int, act_max: int,

@@ -7,32 +7,43 @@
   pool, reshape) share it; SOFTMAX outputs scale 1/256, zero point -128.
 
 Calibration observes every activation tensor of the float graph (post fused
-activation) over the calibration batch with the chosen method ("minmax" for
-now; the quantization issue adds moving average, percentile and MSE).
+activation) over the calibration samples with the chosen method (minmax,
+moving average, percentile, MSE: see calibration.py). Optional bias
+correction then removes, per output channel, the mean error that weight
+rounding adds to each conv / fc output (see :func:`correct_biases`).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import QuantizationError
-from ..ir.graph import Graph, QuantParams, Tensor
-from ..reference.float_exec import run_float
+from ..ir.graph import Graph, Node, QuantParams, Tensor
+from ..reference.float_exec import run_float, run_node_float
+from .calibration import CALIBRATION_METHODS, CalibrationOptions, calibrate_ranges
 from .fixedpoint import ROUNDING_MODES, tflite_round
 
 #: Ops whose output must use exactly the input's quantization (TFLite's rule).
 SAME_SCALE_OPS = ("MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE")
-CALIBRATION_METHODS = ("minmax",)
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+__all__ = ["CALIBRATION_METHODS", "CalibrationOptions", "QuantizeConfig", "quantize",
+           "calibrate", "correct_biases", "activation_qparams", "activation_range",
+           "quantize_input", "dequantize", "quantize_weights_per_channel"]
 
 
 @dataclass
 class QuantizeConfig:
+    """How to quantize: rounding mode, calibration method and its options, bias correction."""
+
     rounding: str = "double"
     calibration: str = "minmax"
     calibration_batch: int = 256
+    bias_correction: bool = False
+    options: CalibrationOptions = field(default_factory=CalibrationOptions)
 
     def __post_init__(self) -> None:
         if self.rounding not in ROUNDING_MODES:
@@ -41,6 +52,7 @@ class QuantizeConfig:
             raise QuantizationError(
                 f"calibration method {self.calibration!r} is not available; use one of "
                 f"{CALIBRATION_METHODS}")
+        self.options.check()
 
 
 def activation_qparams(lo: float, hi: float) -> QuantParams:
@@ -82,18 +94,45 @@ def dequantize(q: np.ndarray, qp: QuantParams) -> np.ndarray:
 
 
 def calibrate(graph: Graph, calib_x: np.ndarray, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
-    """Observed (min, max) of every activation tensor over the calibration data."""
+    """Calibrated (lo, hi) of every activation tensor, with ``config.calibration``."""
     if calib_x is None or len(calib_x) == 0:
         raise QuantizationError("calibration set is empty: give at least one input sample")
-    ranges: dict[str, tuple[float, float]] = {}
-    for start in range(0, len(calib_x), config.calibration_batch):
-        values = run_float(graph, calib_x[start:start + config.calibration_batch], keep_all=True)
-        for name, v in values.items():
-            lo, hi = float(np.min(v)), float(np.max(v))
-            if name in ranges:
-                lo, hi = min(lo, ranges[name][0]), max(hi, ranges[name][1])
-            ranges[name] = (lo, hi)
-    return ranges
+
+    def activations(batch: int):
+        batch = batch or config.calibration_batch
+        for start in range(0, len(calib_x), batch):
+            yield run_float(graph, calib_x[start:start + batch], keep_all=True)
+
+    return calibrate_ranges(activations, config.calibration, config.options)
+
+
+def correct_biases(graph: Graph, qweights: dict[str, np.ndarray], calib_x: np.ndarray,
+                   batch: int = 256) -> dict[str, np.ndarray]:
+    """Float biases with the mean output error of weight rounding removed, per channel.
+
+    For each conv / fc node, ``E[conv(x, W_q) - conv(x, W)]`` over the
+    calibration inputs ``x`` (the float model's own activations) is the
+    systematic shift that rounding the weights to int8 adds to every output
+    channel; subtracting it from the bias cancels it (empirical bias
+    correction, Nagel et al. 2019). ``qweights`` maps weight tensor names to
+    their dequantized values. Returns corrected biases by bias tensor name.
+    """
+    sums: dict[str, np.ndarray] = {}
+    count: dict[str, int] = {}
+    nodes = [n for n in graph.nodes if n.op in WEIGHTED_OPS]
+    for start in range(0, len(calib_x), batch):
+        values = run_float(graph, calib_x[start:start + batch], keep_all=True)
+        for n in nodes:
+            plain = Node(n.name, n.op, n.inputs, n.outputs, dict(n.attrs, activation="NONE"))
+            exact = run_node_float(plain, graph, values)
+            shadow = Graph({**graph.tensors, n.inputs[1]: Tensor(
+                n.inputs[1], graph.tensors[n.inputs[1]].shape, data=qweights[n.inputs[1]])},
+                [plain], graph.inputs, graph.outputs)
+            rounded = run_node_float(plain, shadow, values)
+            err = (rounded - exact).reshape(-1, exact.shape[-1])
+            sums[n.inputs[2]] = sums.get(n.inputs[2], 0) + err.sum(axis=0)
+            count[n.inputs[2]] = count.get(n.inputs[2], 0) + err.shape[0]
+    return {b: graph.tensors[b].data.astype(np.float64) - sums[b] / count[b] for b in sums}
 
 
 def quantize(graph: Graph, calib_x: np.ndarray, config: QuantizeConfig | None = None) -> Graph:
@@ -115,15 +154,25 @@ def quantize(graph: Graph, calib_x: np.ndarray, config: QuantizeConfig | None = 
         t = graph.tensors[name]
         q.tensors[name] = Tensor(name, t.shape, "int8", None, qparams[name])
 
+    weights = {}
     for node in graph.nodes:
-        if node.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        if node.op in WEIGHTED_OPS:
+            w = graph.tensors[node.inputs[1]]
+            weights[w.name] = quantize_weights_per_channel(w.data.astype(np.float64))
+    biases = {}
+    if config.bias_correction:
+        deq = {name: _dequantize_weights(wq, wqp) for name, (wq, wqp) in weights.items()}
+        biases = correct_biases(graph, deq, calib_x, config.calibration_batch)
+    for node in graph.nodes:
+        if node.op in WEIGHTED_OPS:
             w = graph.tensors[node.inputs[1]]
             b = graph.tensors[node.inputs[2]]
-            wq, wqp = quantize_weights_per_channel(w.data.astype(np.float64))
+            wq, wqp = weights[w.name]
             q.tensors[w.name] = Tensor(w.name, w.shape, "int8", wq, wqp)
             in_scale = float(qparams[node.inputs[0]].scale[0])
             bias_scale = in_scale * wqp.scale.astype(np.float64)
-            bq = np.round(b.data.astype(np.float64) / bias_scale)
+            b_float = biases.get(b.name, b.data.astype(np.float64))
+            bq = np.round(b_float / bias_scale)
             if np.any(np.abs(bq) > 2**31 - 1):
                 raise QuantizationError(f"bias of '{node.name}' overflows int32 after quantization; "
                                         "the layer's weights are nearly zero")
@@ -138,15 +187,32 @@ def quantize(graph: Graph, calib_x: np.ndarray, config: QuantizeConfig | None = 
     q.meta["rounding"] = config.rounding
     q.meta["calibration"] = config.calibration
     q.meta["calibration_samples"] = int(len(calib_x))
+    q.meta["bias_correction"] = bool(config.bias_correction)
     return q
 
 
+def _dequantize_weights(wq: np.ndarray, qp: QuantParams) -> np.ndarray:
+    shape = [1] * wq.ndim
+    shape[qp.axis if qp.axis is not None else 0] = -1
+    scale = qp.scale.astype(np.float64)
+    return wq.astype(np.float64) * (scale.reshape(shape) if qp.axis is not None else scale[0])
+
+
 def activation_range(qp: QuantParams, activation: str) -> tuple[int, int]:
-    """int8 clamp bounds that implement a fused activation (TFLite's rule)."""
-    scale, zp = float(qp.scale[0]), int(qp.zero_point[0])
+    """int8 clamp bounds that implement a fused activation (TFLite's rule).
+
+    TFLite divides in float32 (``TfLiteRound(f / scale)`` with float ``f`` and
+    ``scale``); a double division rounds differently for some scales (e.g.
+    6 / 0.23529412 is 25.4999999 in double but exactly 25.5 in float32).
+    """
+    scale, zp = np.float32(qp.scale[0]), int(qp.zero_point[0])
     lo, hi = -128, 127
+
+    def q(f: float) -> int:
+        return zp + int(tflite_round(float(np.float32(f) / scale)))
+
     if activation in ("RELU", "RELU6"):
-        lo = max(lo, zp + int(tflite_round(0.0 / scale)))
+        lo = max(lo, q(0.0))
     if activation == "RELU6":
-        hi = min(hi, zp + int(tflite_round(6.0 / scale)))
+        hi = min(hi, q(6.0))
     return lo, hi

@@ -1,34 +1,62 @@
-"""report.json, report.md and the summary table, from the run folder's artifacts.
+"""report.json, report.md, plots and the summary table, from the run folder's artifacts.
 
 The report only restates what the stages measured and wrote; re-rendering it
-(`microfit report RUN`) never re-runs anything.
+(`microfit report RUN`) never re-runs anything. report.json is the source of
+report.md and the plots: when it is newer than every artifact it is rendered
+as it stands (so a report.json copied elsewhere renders too), otherwise it is
+rebuilt from the artifacts first. Its schema is docs/report-schema.md.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from ..runfolder import RunFolder
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 COUNTER_NOTE = {
     "instructions": ("QEMU counts executed instructions (-icount shift=0), not cycles: "
                      "a real Cortex-M takes a different number of cycles for the same code."),
     "cycles": "Cycles counted by the device's cycle counter at its clock.",
+    "nanoseconds": ("Wall-clock nanoseconds of the host build (a PC process on a pseudo-terminal), "
+                    "not a microcontroller's timing."),
 }
+
+# Artifacts the report is built from; a newer one makes report.json stale.
+SOURCES = ("run.json", "train.json", "prune.json", "quantize.json", "generate.json", "build.json",
+           "validate.json", "sweep.json")
 
 
 def _opt(run: RunFolder, name: str) -> dict[str, Any] | None:
     p = run.file(name)
     if not p.exists():
         return None
-    import json
-
     return json.loads(p.read_text())
 
 
+def _layers(val: dict[str, Any], total: float | None) -> list[dict[str, Any]]:
+    """Per-layer rows with their share of the whole inference."""
+    rows = []
+    for layer in val.get("layers") or []:
+        name = str(layer.get("name", ""))
+        op, _, node = name.partition(" ")
+        rows.append({
+            "index": layer.get("index"),
+            "name": node or name,
+            "op": op if node else None,
+            "median": layer.get("median"),
+            "min": layer.get("min"),
+            "max": layer.get("max"),
+            "share": (layer["median"] / total) if total and layer.get("median") is not None else None,
+        })
+    return rows
+
+
 def build_report(run: RunFolder) -> dict[str, Any]:
+    """Assemble report.json's content from the run folder's artifacts."""
     s = run.settings()
     train = _opt(run, "train.json") or {}
     prune = _opt(run, "prune.json") or {}
@@ -36,32 +64,41 @@ def build_report(run: RunFolder) -> dict[str, Any]:
     gen = _opt(run, "generate.json") or {}
     build = _opt(run, "build.json") or {}
     val = _opt(run, "validate.json") or {}
+    sweep = _opt(run, "sweep.json")
 
+    stats = val.get("counter_stats") or {}
     stages = []
     if prune:
         stages.append({"stage": "float", "params": prune["params_before"], "macs": prune["macs_before"],
-                       "accuracy": prune["float_test_accuracy"]})
+                       "accuracy": prune["float_test_accuracy"],
+                       "weight_bytes": 4 * prune["params_before"], "latency": None})
         stages.append({"stage": "pruned", "params": prune["params_after"], "macs": prune["macs_after"],
-                       "accuracy": prune["pruned_test_accuracy"]})
+                       "accuracy": prune["pruned_test_accuracy"],
+                       "weight_bytes": 4 * prune["params_after"], "latency": None})
     elif train:
-        stages.append({"stage": "float", "params": None, "macs": None,
-                       "accuracy": train["test_accuracy"]})
+        stages.append({"stage": "float", "params": quant.get("params"), "macs": quant.get("macs"),
+                       "accuracy": train["test_accuracy"],
+                       "weight_bytes": 4 * quant["params"] if quant.get("params") else None,
+                       "latency": None})
     if quant:
         stages.append({"stage": "int8 (reference)", "params": quant["params"], "macs": quant["macs"],
-                       "accuracy": quant["int8_test_accuracy"]})
+                       "accuracy": quant["int8_test_accuracy"],
+                       "weight_bytes": gen.get("weight_bytes"), "latency": None})
     if val:
         samples = val.get("samples")
         if quant and val.get("reference_accuracy") is not None and samples != quant.get("test_samples"):
             # --limit: show the reference on the same subset, so the rows compare like with like.
             stages.append({"stage": f"int8 (reference, same {samples})", "params": quant["params"],
-                           "macs": quant["macs"], "accuracy": val["reference_accuracy"]})
+                           "macs": quant["macs"], "accuracy": val["reference_accuracy"],
+                           "weight_bytes": gen.get("weight_bytes"), "latency": None})
         stages.append({"stage": "int8 (device)", "params": quant.get("params"),
-                       "macs": quant.get("macs"), "accuracy": val.get("accuracy")})
+                       "macs": quant.get("macs"), "accuracy": val.get("accuracy"),
+                       "weight_bytes": gen.get("weight_bytes"), "latency": stats.get("median"),
+                       "flash": build.get("flash_bytes")})
 
     device: dict[str, Any] = {}
     if val:
         counter = val.get("counter_kind") or val.get("device", {}).get("counter_kind", "instructions")
-        stats = val.get("counter_stats") or {}
         median = stats.get("median")
         macs = quant.get("macs") or gen.get("macs")
         device = {
@@ -75,6 +112,14 @@ def build_report(run: RunFolder) -> dict[str, Any]:
             "per_mac": (median / macs) if (median and macs) else None,
             "retries": val.get("retries", 0),
             "note": COUNTER_NOTE.get(counter, ""),
+            "clock_hz": val.get("clock_hz") or val.get("device", {}).get("clock_hz"),
+            "latency_us": val.get("latency_us"),
+            "throughput": val.get("throughput"),
+            "link": val.get("link") or {},
+            "layers": _layers(val, median),
+            "confusion": val.get("confusion"),
+            "per_class_accuracy": val.get("per_class_accuracy"),
+            "model_hash": val.get("model_hash"),
         }
     memory = {}
     if build:
@@ -95,7 +140,12 @@ def build_report(run: RunFolder) -> dict[str, Any]:
         if quant else {},
         "pruning": {k: prune.get(k) for k in ("target_mac_ratio", "mac_ratio", "finetune_epochs")}
         if prune else {},
+        "sweep": (sweep or {}).get("points") or [],
+        "plots": {},
     }
+
+
+# ------------------------------------------------------------------ formatting
 
 
 def _fmt_int(v: Any) -> str:
@@ -112,7 +162,67 @@ def _kb(v: Any) -> str:
     return f"{v / 1024:.1f} KB" if isinstance(v, (int, float)) else "-"
 
 
+def _fmt_f(v: Any, digits: int = 1) -> str:
+    return f"{v:,.{digits}f}" if isinstance(v, (int, float)) else "-"
+
+
+def _device_lines(d: dict[str, Any]) -> list[str]:
+    per = d.get("per_inference") or {}
+    kind = d.get("counter_kind", "instructions")
+    lines = ["", "## On the device", "",
+             f"- board: `{d.get('board')}` via `{d.get('port')}`, {d.get('samples')} test inputs",
+             f"- device output bytes equal to the numpy reference: "
+             f"{_fmt_pct(d.get('agreement'))}"
+             + (f" (differing samples: {d['mismatched_samples'][:20]})"
+                if d.get("mismatched_samples") else ""),
+             f"- {kind} per inference: median {_fmt_int(per.get('median'))}, min "
+             f"{_fmt_int(per.get('min'))}, p95 {_fmt_int(per.get('p95'))}, max "
+             f"{_fmt_int(per.get('max'))} (resolution +-{per.get('resolution', '-')})",
+             f"- {kind} per MAC: {d['per_mac']:.2f}" if d.get("per_mac") else f"- {kind} per MAC: -"]
+    us = d.get("latency_us")
+    clock = d.get("clock_hz")
+    if us:
+        lines.append(f"- latency at {clock / 1e6:g} MHz: median {_fmt_f(us.get('median'))} us, min "
+                     f"{_fmt_f(us.get('min'))}, p95 {_fmt_f(us.get('p95'))}, max {_fmt_f(us.get('max'))} us"
+                     if clock else
+                     f"- latency: median {_fmt_f(us.get('median'))} us")
+    elif kind == "instructions":
+        lines.append("- latency in microseconds: not given (instructions are not time)")
+    tp = d.get("throughput") or {}
+    if tp.get("samples_per_s"):
+        limit = tp.get("line_limit_samples_per_s")
+        lines.append(f"- throughput: {_fmt_f(tp['samples_per_s'])} samples/s, "
+                     f"{_fmt_f(tp.get('wire_bytes_per_sample'), 0)} bytes on the wire per sample"
+                     + (f"; a {tp.get('baud')}-baud line carries at most {_fmt_f(limit)} samples/s"
+                        if limit else ""))
+    link = d.get("link") or {}
+    lines.append(f"- serial retries: {d.get('retries', 0)}"
+                 + (f" (corrupt replies {link.get('crc_errors', 0)}, unreadable requests "
+                    f"{link.get('device_link_errors', 0)}, timeouts {link.get('timeouts', 0)}, "
+                    f"redone inferences {link.get('input_crc_mismatches', 0) + link.get('stale_runs', 0) + link.get('output_crc_mismatches', 0)}, "
+                    f"device resets {link.get('resets', 0)})" if link else ""))
+    lines.append(f"- note: {d.get('note')}")
+    layers = d.get("layers") or []
+    if layers:
+        lines += ["", f"### Per layer ({kind}, median)", "",
+                  f"| # | layer | op | {kind} | share |", "|---:|---|---|---:|---:|"]
+        for row in layers:
+            lines.append(f"| {row['index']} | {row['name']} | {row.get('op') or '-'} | "
+                         f"{_fmt_int(row.get('median'))} | {_fmt_pct(row.get('share'))} |")
+    confusion = d.get("confusion")
+    if confusion:
+        n = len(confusion)
+        lines += ["", "### Confusion matrix (rows: true class, columns: device's top-1)", "",
+                  "| true \\ predicted | " + " | ".join(str(c) for c in range(n)) + " | accuracy |",
+                  "|---" * (n + 2) + "|"]
+        per_class = d.get("per_class_accuracy") or [None] * n
+        for c, row in enumerate(confusion):
+            lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + f" | {_fmt_pct(per_class[c])} |")
+    return lines
+
+
 def render_markdown(rep: dict[str, Any]) -> str:
+    """report.md from report.json's content."""
     lines = [f"# microfit report: {rep['run']}", ""]
     s = rep["settings"]
     lines.append(f"Model: `{s.get('model') or 'default digits CNN'}`, data: "
@@ -123,20 +233,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
                      f"{_fmt_pct(st['accuracy'])} |")
     d = rep.get("device") or {}
     if d:
-        per = d.get("per_inference") or {}
-        kind = d.get("counter_kind", "instructions")
-        lines += ["", "## On the device", "",
-                  f"- board: `{d.get('board')}` via `{d.get('port')}`, {d.get('samples')} test inputs",
-                  f"- device output bytes equal to the numpy reference: "
-                  f"{_fmt_pct(d.get('agreement'))}"
-                  + (f" (differing samples: {d['mismatched_samples'][:20]})"
-                     if d.get("mismatched_samples") else ""),
-                  f"- {kind} per inference: median {_fmt_int(per.get('median'))}, min "
-                  f"{_fmt_int(per.get('min'))}, p95 {_fmt_int(per.get('p95'))}, max "
-                  f"{_fmt_int(per.get('max'))} (resolution +-{per.get('resolution', '-')})",
-                  f"- {kind} per MAC: {d['per_mac']:.2f}" if d.get("per_mac") else f"- {kind} per MAC: -",
-                  f"- serial retries: {d.get('retries', 0)}",
-                  f"- note: {d.get('note')}"]
+        lines += _device_lines(d)
     m = rep.get("memory") or {}
     if m:
         lines += ["", "## Memory", "",
@@ -145,17 +242,47 @@ def render_markdown(rep: dict[str, Any]) -> str:
                   f"- arena: {_fmt_int(m.get('arena'))} B (lower bound "
                   f"{_fmt_int(m.get('arena_lower_bound'))} B); weights and constants "
                   f"{_fmt_int(m.get('weights'))} B"]
+    plots = rep.get("plots") or {}
+    if plots:
+        lines += ["", "## Plots", ""]
+        for name, path in plots.items():
+            lines.append(f"![{name}]({path})")
     return "\n".join(lines) + "\n"
 
 
-def write_report(run: RunFolder) -> dict[str, Any]:
-    rep = build_report(run)
+# ------------------------------------------------------------------ writing
+
+
+def report_is_current(run: RunFolder) -> bool:
+    """True when report.json exists and no artifact it is built from is newer."""
+    rep = run.file("report.json")
+    if not rep.exists():
+        return False
+    built = rep.stat().st_mtime
+    return all(not run.file(n).exists() or run.file(n).stat().st_mtime <= built for n in SOURCES)
+
+
+def write_report(run: RunFolder, rebuild: bool = True, plots: bool = True) -> dict[str, Any]:
+    """Write report.json (unless re-rendering a current one), report.md and the plots.
+
+    With `rebuild` False, an existing, current report.json is rendered as it
+    is; otherwise it is built from the artifacts first.
+    """
+    if not rebuild and run.file("report.json").exists() and report_is_current(run):
+        rep = json.loads(run.file("report.json").read_text())
+    else:
+        rep = build_report(run)
+    if plots:
+        from .plots import render_plots
+
+        rep["plots"] = render_plots(rep, run.path)
     run.write_json("report.json", rep)
     run.file("report.md").write_text(render_markdown(rep))
     return rep
 
 
-def print_summary(rep: dict[str, Any], console=None) -> None:
+def print_summary(rep: dict[str, Any], console: Any = None) -> None:
+    """The end-of-run table and the device's key figures, on the console."""
     from rich.console import Console
     from rich.table import Table
 
@@ -179,5 +306,16 @@ def print_summary(rep: dict[str, Any], console=None) -> None:
                       f"{d.get('samples')} inputs; {kind} per inference (median) "
                       f"{_fmt_int(per.get('median'))}"
                       + (f", {d['per_mac']:.2f} per MAC" if d.get("per_mac") else ""))
+        tp = d.get("throughput") or {}
+        if tp.get("samples_per_s"):
+            limit = tp.get("line_limit_samples_per_s")
+            console.print(f"throughput {_fmt_f(tp['samples_per_s'])} samples/s"
+                          + (f" (line limit at {tp.get('baud')} baud: {_fmt_f(limit)})" if limit else "")
+                          + f"; serial retries {d.get('retries', 0)}")
         if d.get("note"):
             console.print(f"[dim]{d['note']}[/dim]")
+
+
+def report_path(run: RunFolder) -> Path:
+    """Where report.md is written."""
+    return run.file("report.md")

@@ -9,7 +9,7 @@ installed wheel sees the same boards as a source checkout.
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,12 +18,8 @@ from typing import Any
 
 from microfit.errors import BoardNotFoundError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, from PyPI
-    import tomli as tomllib
-
-COUNTER_KINDS = ("cycles", "instructions")
+# "nanoseconds" is the host board's clock (protocol counter kind 2).
+COUNTER_KINDS = ("cycles", "instructions", "nanoseconds")
 
 
 class InvalidBoardFileError(BoardNotFoundError):
@@ -128,14 +124,25 @@ class Board:
     def summary(self) -> dict[str, Any]:
         """One row for `microfit targets`: the numbers a user picks a board by.
 
-        Kept to five columns so the table fits an 80-column terminal.
+        `counter` says what latency figures mean on the board (cycles or
+        emulator instructions); `runs_on` how firmware gets there: the
+        emulator, or the preferred flashing tool of the board file.
         """
+        flashers = self.raw.get("flasher") or []
+        if self.emulator is not None:
+            runs_on = self.emulator.kind
+        elif flashers:
+            runs_on = str(flashers[0].get("tool"))
+        else:
+            runs_on = self.family
         return {
             "name": self.name,
             "core": self.core,
             "clock_mhz": self.clock_hz / 1e6,
-            "flash_kb": self.flash.size // 1024,
-            "ram_kb": self.ram.size // 1024,
+            "flash_kb": _kib(self.flash.size),
+            "ram_kb": _kib(self.ram.size),
+            "counter": self.counter.kind,
+            "runs_on": runs_on,
         }
 
     def __str__(self) -> str:
@@ -143,6 +150,11 @@ class Board:
             f"{self.name}: {self.core} @ {self.clock_hz / 1e6:g} MHz, "
             f"{self.flash.size // 1024} KB flash, {self.ram.size // 1024} KB RAM"
         )
+
+
+def _kib(n: int) -> int | float:
+    """Bytes in KB, whole when exact (512), else to one decimal (31.5 for the Uno)."""
+    return n // 1024 if n % 1024 == 0 else round(n / 1024, 1)
 
 
 def _targets_dir() -> Any:

@@ -33,10 +33,16 @@ from microfit.target.boards import Board
 MANIFEST = "microfit-project.json"
 # Everything a render owns inside the project folder; removed before a render
 # so files of an earlier model cannot linger.
-_MANAGED_DIRS = ("model", "runtime", "protocol", "platform", "build")
-_MANAGED_FILES = ("Makefile", "link.ld", "firmware.elf", "firmware.bin", "firmware.map", MANIFEST)
+_MANAGED_DIRS = ("model", "runtime", "protocol", "platform", "build", "tools")
+_MANAGED_FILES = ("Makefile", "link.ld", "firmware.elf", "firmware.bin", "firmware.hex",
+                  "firmware.uf2", "firmware.map", MANIFEST)
 _SOURCE_SUFFIXES = (".c", ".h")
-_COUNTER_KIND_CODES = {"cycles": 0, "instructions": 1}
+# Family-template folder whose contents a board picks by value (see _selected).
+SELECT_DIR = "select"
+_COUNTER_KIND_CODES = {"cycles": 0, "instructions": 1, "nanoseconds": 2}
+# Families built without a rendered Makefile: the host board is compiled by
+# microfit.harness.hostdev from the model sources alone.
+_NO_TEMPLATE_FAMILIES = ("host",)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,43 @@ def _plan_runtime(root: Traversable, plan: dict[PurePosixPath, bytes | _Template
                 plan[PurePosixPath("runtime", child.name)] = child.read_bytes()
 
 
+def _board_value(board: Board, dotted: str) -> Any:
+    value: Any = board.raw
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _selected(board: Board, family: Traversable) -> list[tuple[PurePosixPath, Traversable]]:
+    """Template files chosen by the board file's values.
+
+    `select/<key>/<value>/...` in a family template (key a dotted board-file
+    key such as `uart.kind`) is copied, with the layout below <value>, when
+    the board file sets that key to that value. That is how one family
+    template holds a UART driver per MCU family, or the RP2040's boot stage,
+    and a board picks its own by data alone.
+    """
+    select = family / SELECT_DIR
+    if not select.is_dir():
+        return []
+    found: list[tuple[PurePosixPath, Traversable]] = []
+    for key_dir in sorted(select.iterdir(), key=lambda c: c.name):
+        value = _board_value(board, key_dir.name)
+        if value is None or not key_dir.is_dir():
+            continue
+        choice = key_dir / str(value)
+        if not choice.is_dir():
+            known = ", ".join(sorted(c.name for c in key_dir.iterdir() if c.is_dir()))
+            raise BoardNotFoundError(
+                f"board {board.name} sets {key_dir.name} = '{value}', which the {board.family} "
+                f"template does not support (it knows: {known})"
+            )
+        found.extend(_walk(choice, PurePosixPath(".")))
+    return found
+
+
 def _context(board: Board, plan: dict[PurePosixPath, bytes | _Template]) -> dict[str, Any]:
     sources = sorted(str(p) for p in plan if p.suffix == ".c")
     include_dirs = sorted({str(p.parent) for p in plan if p.suffix == ".h"})
@@ -121,6 +164,8 @@ def render_project(board: Board, model_dir: Path, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     root = _templates_root()
     family = root / board.family
+    if board.family in _NO_TEMPLATE_FAMILIES:
+        return _render_model_only(board, model_dir, out_dir)
     if not family.is_dir():
         raise BoardNotFoundError(
             f"board {board.name} belongs to family '{board.family}', which has no firmware "
@@ -133,6 +178,9 @@ def render_project(board: Board, model_dir: Path, out_dir: Path) -> Path:
     for rel, node in _walk(root / "common", PurePosixPath("protocol")):
         _add(plan, rel, node)
     for rel, node in _walk(family, PurePosixPath(".")):
+        if rel.parts[0] != SELECT_DIR:
+            _add(plan, rel, node)
+    for rel, node in _selected(board, family):
         _add(plan, rel, node)
 
     context = _context(board, plan)
@@ -147,13 +195,16 @@ def render_project(board: Board, model_dir: Path, out_dir: Path) -> Path:
         else:
             files[rel] = content
 
+    return _write(out_dir, board, files)
+
+
+def _write(out_dir: Path, board: Board, files: dict[PurePosixPath, bytes]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir)
     for rel, data in sorted(files.items()):
         dest = out_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
-
     manifest = {
         "board": board.name,
         "family": board.family,
@@ -161,6 +212,14 @@ def render_project(board: Board, model_dir: Path, out_dir: Path) -> Path:
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def _render_model_only(board: Board, model_dir: Path, out_dir: Path) -> Path:
+    """The host board's project: the model sources and a manifest, nothing to render."""
+    plan: dict[PurePosixPath, bytes | _Template] = {}
+    _plan_model(model_dir, plan)
+    files = {rel: data for rel, data in plan.items() if isinstance(data, bytes)}
+    return _write(out_dir, board, files)
 
 
 def read_manifest(project_dir: Path) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +86,11 @@ def train(
     progress: bool = True,
     *,
     description: str = "train",
+    teacher: nn.Module | None = None,
+    kd_alpha: float = 0.5,
+    kd_temperature: float = 4.0,
+    bn_sparsity: float = 0.0,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with Adam and a cosine learning-rate decay.
 
@@ -94,6 +99,15 @@ def train(
     validation set ties often and the later weights have trained longer. The
     test split is never looked at. The decay lets short runs (fine-tuning a
     pruned model for a few epochs) settle instead of ending on a large step.
+
+    Options for pruning: ``teacher`` distils from another model (Hinton et
+    al.: ``kd_alpha`` of the loss is the KL divergence to the teacher's
+    softened outputs at ``kd_temperature``, scaled by T^2 so its gradients
+    keep their size); ``bn_sparsity`` adds that factor times the L1 norm of
+    every BatchNorm's gamma (network slimming: unneeded channels' gammas go
+    towards 0, so "bn_scale" pruning removes them with little loss);
+    ``after_step(model)`` runs after each optimiser step (e.g. to re-apply
+    a sparsity mask).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -115,6 +129,8 @@ def train(
         best_acc = -1.0
         with _progress(progress) as bar:
             task = bar.add_task(description, total=epochs)
+            if teacher is not None:
+                teacher.eval()
             for epoch in range(1, epochs + 1):
                 model.train()
                 perm = torch.randperm(n, generator=gen)
@@ -125,10 +141,23 @@ def train(
                     xb, yb = x[idx], y[idx]
                     logits = model(xb)
                     loss = F.cross_entropy(logits, yb)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            soft = F.log_softmax(teacher(xb) / kd_temperature, dim=1)
+                        kd = F.kl_div(F.log_softmax(logits / kd_temperature, dim=1), soft,
+                                      reduction="batchmean", log_target=True)
+                        loss = (1 - kd_alpha) * loss + kd_alpha * kd_temperature ** 2 * kd
+                    if bn_sparsity > 0:
+                        loss = loss + bn_sparsity * sum(
+                            m.weight.abs().sum() for m in model.modules()
+                            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     sched.step()
+                    if after_step is not None:
+                        with torch.no_grad():
+                            after_step(model)
                     loss_sum += float(loss.detach()) * len(idx)
                     correct += int((logits.detach().argmax(1) == yb).sum())
                 val_acc = evaluate(model, splits.x_val, splits.y_val)

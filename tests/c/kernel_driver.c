@@ -18,7 +18,8 @@
 #include "mf_runtime.h"
 
 enum { OP_CONV2D = 1, OP_DWCONV2D = 2, OP_FC = 3, OP_MAXPOOL = 4, OP_AVGPOOL = 5, OP_ADD = 6,
-       OP_ADD_IN_PLACE = 7 /* add with output == in1 */, OP_SOFTMAX = 8 };
+       OP_ADD_IN_PLACE = 7 /* add with output == in1 */, OP_SOFTMAX = 8,
+       OP_CONV2D_FAST = 9 /* conv params + expected scratch bytes; fast-path layouts */ };
 enum { MAX_PARAMS = 32, MAX_ARRAYS = 8 };
 
 static void die(const char *msg)
@@ -56,6 +57,23 @@ static void expect_arrays(int32_t n, int32_t want)
         fprintf(stderr, "kernel_driver: got %ld arrays, want %ld\n", (long)n, (long)want);
         exit(2);
     }
+}
+
+/* Scratch memory of exactly `bytes`, filled with a pattern no kernel may rely on. */
+static int8_t *scratch_of(int32_t bytes, int32_t expected)
+{
+    int8_t *s;
+    if (bytes != expected) {
+        fprintf(stderr, "kernel_driver: C asks for %ld scratch bytes, Python planned %ld\n",
+                (long)bytes, (long)expected);
+        exit(3);
+    }
+    s = malloc(bytes > 0 ? (size_t)bytes : 1u);
+    if (s == NULL) {
+        die("out of memory");
+    }
+    memset(s, 0xA5, bytes > 0 ? (size_t)bytes : 1u);
+    return s;
 }
 
 static uint16_t u16(int32_t v)
@@ -126,6 +144,24 @@ int main(void)
             p.input_offset = prm[14]; p.output_offset = prm[15];
             p.act_min = prm[16]; p.act_max = prm[17];
             mf_conv2d_s8(&p, arr[0], arr[1], arr[2], arr[3], arr[4], out);
+            break;
+        }
+        case OP_CONV2D_FAST: {
+            mf_conv2d_params p;
+            int8_t *scratch;
+            expect_params(n_params, 19);
+            expect_arrays(n_arrays, 4);
+            p.in_h = u16(prm[0]); p.in_w = u16(prm[1]); p.in_c = u16(prm[2]);
+            p.out_h = u16(prm[3]); p.out_w = u16(prm[4]); p.out_c = u16(prm[5]);
+            p.k_h = u16(prm[6]); p.k_w = u16(prm[7]);
+            p.stride_h = u16(prm[8]); p.stride_w = u16(prm[9]);
+            p.dilation_h = u16(prm[10]); p.dilation_w = u16(prm[11]);
+            p.pad_top = u16(prm[12]); p.pad_left = u16(prm[13]);
+            p.input_offset = prm[14]; p.output_offset = prm[15];
+            p.act_min = prm[16]; p.act_max = prm[17];
+            scratch = scratch_of(mf_conv2d_s8_fast_get_buffer_size(&p), prm[18]);
+            mf_conv2d_s8_fast(&p, arr[0], arr[1], arr[2], arr[3], scratch, out);
+            free(scratch);
             break;
         }
         case OP_DWCONV2D: {

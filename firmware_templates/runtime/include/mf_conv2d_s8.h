@@ -45,4 +45,32 @@ void mf_conv2d_s8(const mf_conv2d_params *params,
                   const int32_t *shift,
                   int8_t *output);
 
+/*
+ * The fast path (conv2d_s8_fast.c): the same bytes as mf_conv2d_s8, from
+ * constants laid out for it at code generation time
+ * (microfit.codegen.layouts):
+ *   weights  the OHWI rows zero-padded to a multiple of 4 bytes, rows 2j and
+ *            2j+1 interleaved in groups of 4 bytes (word-aligned);
+ *   bias     never NULL: bias + input_offset * (sum of the row's weights),
+ *            modulo 2^32;
+ *   requant  per output channel {multiplier, shift, round} (see mf_simd.h:
+ *            round folds the rounding and output_offset together);
+ *   scratch  mf_conv2d_s8_fast_get_buffer_size(params) bytes, word-aligned,
+ *            not overlapping anything else.
+ * With the DSP extension (Cortex-M4/M7) it multiplies with SMLAD, elsewhere
+ * with plain multiply-accumulates. A fully connected layer is the 1x1
+ * convolution of a 1x1 image with in_features channels. Not built for AVR
+ * (constants in flash need the portable kernels' pgm_read accesses).
+ */
+void mf_conv2d_s8_fast(const mf_conv2d_params *params,
+                       const int8_t *input,
+                       const int8_t *weights,
+                       const int32_t *bias,
+                       const int32_t *requant,
+                       int8_t *scratch,
+                       int8_t *output);
+
+/* Scratch bytes mf_conv2d_s8_fast needs (params in RAM). */
+int32_t mf_conv2d_s8_fast_get_buffer_size(const mf_conv2d_params *params);
+
 #endif /* MF_CONV2D_S8_H */
