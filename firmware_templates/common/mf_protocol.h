@@ -4,8 +4,10 @@
  *
  * The device only ever answers: every request frame gets exactly one reply
  * frame carrying the request's sequence number, so the host can tell a fresh
- * reply from a stale or duplicated one. Every command is idempotent, so the
- * host may resend any of them after a timeout or a CRC error.
+ * reply from a stale or duplicated one. The host may resend any command after
+ * a timeout or a CRC error: all but INVOKE are idempotent, and a resent INVOKE
+ * that ran on an input overwritten by the previous run shows it in DONE's
+ * input CRC (docs/protocol.md).
  */
 #ifndef MF_PROTOCOL_H
 #define MF_PROTOCOL_H

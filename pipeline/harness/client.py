@@ -3,11 +3,12 @@
 The client owns every rule that keeps a result honest: each request carries a
 fresh sequence number and only a reply with that number is accepted; a reply
 that fails its CRC is never used; a request the device could not read, or
-that got no reply in time, is resent (every command is idempotent) up to
+that got no reply in time, is resent (every command is safe to resend) up to
 `retries` times, and the resends are counted so reports can show them. After
-INVOKE the device returns the CRC of the input it actually used and a run
-counter, so a lost chunk or a device reset turns into a retry rather than a
-wrong answer.
+INVOKE the device returns the CRC of the input it actually used, a run
+counter and the CRC of its output, so a lost chunk, a resent INVOKE that ran
+on an input the previous run had overwritten, or a device reset turns into
+a retry rather than a wrong answer.
 """
 
 from __future__ import annotations
@@ -329,7 +330,7 @@ class DeviceClient:
                         continue
                     # The device could not read a frame. Its seq byte may be
                     # the damaged one, so do not insist on ours: resending is
-                    # safe (commands are idempotent) and a duplicate reply is
+                    # safe (see docs/protocol.md) and a duplicate reply is
                     # dropped as stale.
                     self.stats.device_link_errors += 1
                     last_problem = (
