@@ -83,3 +83,23 @@ def test_graph_save_load_round_trip_is_byte_identical(tmp_path):
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     assert again.content_hash() == graph.content_hash()
+
+
+def test_zero_pad_before_a_conv_folds_into_its_padding(tmp_path, rng):
+    model = nn.Sequential(nn.ZeroPad2d((1, 0, 2, 1)), nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 5 * 4, 10))
+    path = export_torch(model, (1, 1, 8, 8), tmp_path / "m.onnx")
+    graph = import_onnx(path)
+    assert [n.op for n in graph.nodes] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    assert graph.nodes[0].attrs["padding"] == [2, 1, 1, 0]  # top, left, bottom, right
+    x = rng.random((8, 1, 8, 8), dtype=np.float32)
+    sess = ort.InferenceSession(str(path))
+    expected = np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    np.testing.assert_allclose(run_float(graph, nchw_to_ir(x)), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_pad_that_a_conv_does_not_read_is_a_clear_error(tmp_path):
+    model = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(25, 10))
+    path = export_torch(model, (1, 1, 8, 8), tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedOpError, match="folded into the Conv"):
+        import_onnx(path)

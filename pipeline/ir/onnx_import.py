@@ -2,12 +2,13 @@
 
 The importer converts layout as it goes: ONNX activations are NCHW, the IR's
 are NHWC (as TFLite's and our kernels'). Weights are transposed once here, so
-no later stage ever sees NCHW. Three fusions happen on the way, because every
+no later stage ever sees NCHW. These fusions happen on the way, because every
 target wants them and they are exact in float:
 
 - BatchNormalization after a convolution is folded into its weights and bias;
 - Relu / Clip(0, 6) after a conv, fc or add becomes the producer's fused
   activation;
+- a zero Pad read only by a Conv becomes part of the Conv's pads;
 - Flatten / Reshape from NHWC 4-D to 2-D becomes a RESHAPE view, and the
   FULLY_CONNECTED reading it gets its weight columns permuted from ONNX's
   channel-major order to NHWC order, so the result is unchanged.
@@ -30,7 +31,7 @@ from .graph import Graph, Node, Tensor
 SUPPORTED_ONNX_OPS = (
     "Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool",
     "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Gemm", "MatMul", "Add",
-    "Softmax", "Identity", "Dropout", "Constant",
+    "Softmax", "Identity", "Dropout", "Constant", "Pad",
 )
 
 
@@ -77,6 +78,8 @@ class _Importer:
                 self.consumers.setdefault(i, []).append(n)
         self.tensors: dict[str, Tensor] = {}
         self.nodes: list[Node] = []
+        # Pad outputs waiting for the Conv that absorbs them: (input, extra pads).
+        self.pending_pads: dict[str, tuple[_Act, list[int]]] = {}
         self.acts: dict[str, _Act] = {}
         self.used_names: set[str] = set()
 
@@ -248,8 +251,34 @@ class _Importer:
     def _op_Dropout(self, node) -> None:
         self._alias(node.output[0], self._act_in(node))
 
-    def _op_Conv(self, node) -> None:
+    def _op_Pad(self, node) -> None:
+        """Zero padding read only by a Conv folds into the Conv's pads (exact: both add zeros)."""
         x = self._act_in(node)
+        attrs = self._attrs(node)
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pads = (self._const(node, 1) if len(node.input) > 1 and node.input[1]
+                else np.array(attrs.get("pads", []))).astype(int).tolist()
+        value = (float(np.ravel(self._const(node, 2))[0]) if len(node.input) > 2 and node.input[2]
+                 else float(attrs.get("value", 0.0)))
+        reader = self._single_consumer(node.output[0])
+        if len(node.input) > 3 and node.input[3]:
+            raise UnsupportedOpError(f"Pad '{node.name}' with axes is not supported")
+        if (mode != "constant" or value != 0.0 or x.layout != "NHWC" or len(pads) != 8
+                or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0
+                or reader is None or reader.op_type != "Conv"):
+            raise UnsupportedOpError(
+                f"Pad '{node.name}' (mode {mode}, value {value}, pads {pads}): only zero padding "
+                "of height and width that feeds a Conv is supported (it is folded into the Conv)")
+        # ONNX NCHW pads: [n0, c0, h0, w0, n1, c1, h1, w1] -> (top, left, bottom, right)
+        self.pending_pads[node.output[0]] = (x, [pads[2], pads[3], pads[6], pads[7]])
+
+    def _op_Conv(self, node) -> None:
+        extra = [0, 0, 0, 0]
+        if node.input[0] in self.pending_pads:
+            x, extra = self.pending_pads.pop(node.input[0])
+        else:
+            x = self._act_in(node)
         if x.layout != "NHWC":
             raise UnsupportedOpError(f"Conv '{node.name}' needs a 4-D input")
         attrs = self._attrs(node)
@@ -261,7 +290,9 @@ class _Importer:
         _, h, wd, cin = self.tensors[x.name].shape
         strides = list(attrs.get("strides", [1, 1]))
         dil = list(attrs.get("dilations", [1, 1]))
-        pads = self._pads(node, attrs, (h, wd), (kh, kw), strides, dil)
+        hp, wp = h + extra[0] + extra[2], wd + extra[1] + extra[3]
+        pads = [p + e for p, e in zip(self._pads(node, attrs, (hp, wp), (kh, kw), strides, dil),
+                                      extra, strict=True)]
         w, b, onnx_out = self._fold_batchnorm(node.output[0], w, b)
         oshape = self._shape(node.output[0])
         out = self._add_act(node.output[0], (oshape[0], oshape[2], oshape[3], oshape[1]), "NHWC")
