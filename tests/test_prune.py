@@ -169,8 +169,8 @@ def test_pruned_pt_is_a_plain_state_dict_that_reloads(trained, splits, tmp_path)
 
 
 def test_plans_are_deterministic_keep_top_l1_filters_and_respect_protect(trained, splits):
-    plan = make_plan(trained, (1, *splits.input_shape), 0.5)
-    assert plan == make_plan(trained, (1, *splits.input_shape), 0.5)
+    plan = make_plan(trained, (1, *splits.input_shape), 0.5, criterion="l1_filter")
+    assert plan == make_plan(trained, (1, *splits.input_shape), 0.5, criterion="l1_filter")
     l1 = trained.features[2].weight.detach().abs().sum(dim=(1, 2, 3))
     kept = set(plan["features.2"])
     dropped = [c for c in range(32) if c not in kept]
@@ -342,7 +342,7 @@ def test_count_macs_with_a_batchless_shape_says_what_it_wants():
         count_macs_params(make_default_model(), (8, 8))
 
 
-@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "taylor", "random"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "l1_filter", "bn_scale", "taylor", "random"])
 def test_every_criterion_makes_a_valid_plan_that_reaches_the_target(criterion, splits):
     torch.manual_seed(0)
     model = _randomize_bn(BNNet())
@@ -410,3 +410,14 @@ def test_prune_result_reports_channel_params_and_mac_ratios_side_by_side(trained
     assert ratios["mac_ratio"] <= 0.5 < ratios["channel_ratio"]
     assert res.channels_before == 16 + 32 + 10
     assert "channels" in repr(res)
+
+
+def test_group_l1_counts_the_next_layers_input_weights():
+    # Two filters of equal size; the next layer reads channel 1 ten times harder.
+    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.ReLU(), nn.Conv2d(2, 2, 1),
+                          nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[2].weight.copy_(torch.tensor([[0.1, 1.0], [0.1, 1.0]]).view(2, 2, 1, 1))
+    plan = make_plan(model, (1, 1, 4, 4), ratios={"0": 0.5}, criterion="l1")
+    assert plan["0"] == [1]

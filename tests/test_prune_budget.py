@@ -33,7 +33,7 @@ def test_default_model_is_pruned_until_it_fits_an_uno_sized_budget(trained, spli
     full = size_model(trained, (1, 1, 8, 8), splits.x_train[:50])
     assert not UNO.fits(full)  # the unpruned model's arena is over 2 KB
     fit = fit_to_budget(trained, splits, UNO, rankings=("local",), search_epochs=0,
-                        round_to=1, calibration_samples=50)
+                        round_to=1, calibration_samples=50, bisect_steps=3)
     assert UNO.fits(fit.size)
     assert fit.size.ram <= UNO.ram_bytes and fit.size.flash <= UNO.flash_bytes
     assert 0 < fit.target_mac_ratio < 1

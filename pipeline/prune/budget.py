@@ -207,14 +207,16 @@ def fit_to_budget(
     search_epochs: int = 2,
     seed: int = 0,
     calibration_samples: int = 200,
+    bisect_steps: int = _BISECT_STEPS,
     progress: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Find the plan that fits ``budget`` (a Budget, or a board name) with the best accuracy.
 
     ``round_to`` defaults to the board's (4 on DSP cores). Each ranking's
     largest fitting plan is fine-tuned for ``search_epochs`` and judged on
-    the validation split; the test split is not touched. Raises FitError
-    with the smallest size reached when nothing fits.
+    the validation split; the test split is not touched. ``bisect_steps``
+    sets how finely the MAC ratio is searched (each step is one codegen
+    sizing). Raises FitError with the smallest size reached when nothing fits.
     """
     from ..train.fit import evaluate, train
 
@@ -265,7 +267,7 @@ def fit_to_budget(
         lo = 1.0
         if not budget.fits(size):
             lo, hi = floor_ratio, 1.0  # lo fits, hi does not
-            for _ in range(_BISECT_STEPS):
+            for _ in range(bisect_steps):
                 mid = (lo + hi) / 2
                 try:
                     _, size = sized(ranking, mid)

@@ -82,15 +82,64 @@ def _weighted_layers(model: nn.Module, graph: DependencyGraph) -> dict[str, torc
     return out
 
 
+def _input_columns(module: nn.Module) -> torch.Tensor | None:
+    """``[in_channels, ...]``: the weights that read each input channel (None: not a reader)."""
+    w = getattr(module, "weight", None)
+    if isinstance(module, nn.Linear):
+        return w.detach().float().t()
+    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == module.in_channels:
+        return None  # a depthwise conv's input weights are its filters, already counted
+    w = w.detach().float()
+    g = module.groups
+    og, ig = w.shape[0] // g, w.shape[1]
+    # Input channel j*ig + l is read by column l of group j's filters.
+    per_group = w.reshape(g, og, ig, -1).permute(0, 2, 1, 3)  # [g, ig, og, k]
+    return per_group.reshape(g * ig, -1)
+
+
+def _group_magnitude(model: nn.Module, graph: DependencyGraph, norm) -> Scores:
+    """Magnitude of every weight tied to a channel: its filters, its BatchNorm gamma,
+    and the next layers' input columns that read it.
+
+    After a BatchNorm a filter's own size says little (BN rescales it); how
+    strongly the next layer reads the channel, and gamma, do. Each
+    (layer, side) is normalised by its mean before summing.
+    """
+    total = graph.total_classes
+    acc = np.zeros(total + 1, dtype=np.float64)
+
+    def add(idx: np.ndarray, v: np.ndarray) -> None:
+        mean = float(v.mean()) if len(v) else 0.0
+        np.add.at(acc, idx, v / mean if mean > 0 else v)
+
+    for name, entry in graph.layers.items():
+        module = model.get_submodule(name)
+        w = getattr(module, "weight", None)
+        if not isinstance(w, torch.Tensor):
+            continue
+        if "out" in entry.axes:
+            rows = w.detach().float().reshape(w.shape[0], -1)
+            add(entry.axes["out"], norm(rows).numpy())
+        if "in" in entry.axes and entry.producer:
+            cols = _input_columns(module)
+            if cols is not None and cols.shape[0] == len(entry.axes["in"]):
+                add(entry.axes["in"], norm(cols).numpy())
+    return {name: acc[off:off + graph.groups[name].channels].copy()
+            for name, off in graph.offsets.items()}
+
+
 def _l1(model: nn.Module, graph: DependencyGraph, data: object, seed: int) -> Scores:
-    # Li et al., "Pruning Filters for Efficient ConvNets": filters with small
-    # absolute weight sums contribute least to the next layer.
-    return _accumulate(graph, {n: w.abs().sum(1).numpy()
-                               for n, w in _weighted_layers(model, graph).items()})
+    return _group_magnitude(model, graph, lambda t: t.abs().sum(1))
 
 
 def _l2(model: nn.Module, graph: DependencyGraph, data: object, seed: int) -> Scores:
-    return _accumulate(graph, {n: w.pow(2).sum(1).sqrt().numpy()
+    return _group_magnitude(model, graph, lambda t: t.pow(2).sum(1).sqrt())
+
+
+def _l1_filter(model: nn.Module, graph: DependencyGraph, data: object, seed: int) -> Scores:
+    # Li et al., "Pruning Filters for Efficient ConvNets": filters with small
+    # absolute weight sums contribute least to the next layer.
+    return _accumulate(graph, {n: w.abs().sum(1).numpy()
                                for n, w in _weighted_layers(model, graph).items()})
 
 
@@ -107,7 +156,7 @@ def _bn_scale(model: nn.Module, graph: DependencyGraph, data: object, seed: int)
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             per_layer[name] = module.weight.detach().abs().numpy()
     bn = _accumulate(graph, per_layer)
-    l1 = _l1(model, graph, data, seed)
+    l1 = _l1_filter(model, graph, data, seed)
     has_bn = {g for g, grp in graph.groups.items()
               if any(m in per_layer for m in grp.channelwise)}
     return {g: (bn[g] if g in has_bn else l1[g]) for g in graph.groups}
@@ -153,6 +202,7 @@ def _taylor(model: nn.Module, graph: DependencyGraph,
 
 register_criterion("l1", _l1)
 register_criterion("l2", _l2)
+register_criterion("l1_filter", _l1_filter)
 register_criterion("bn_scale", _bn_scale)
 register_criterion("random", _random)
 register_criterion("taylor", _taylor, needs_data=True)
