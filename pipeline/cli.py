@@ -51,7 +51,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS,
                    help=f"fine-tuning epochs (default {DEFAULT_FINETUNE_EPOCHS})")
     p.add_argument("--criterion", default="l1",
-                   choices=("l1", "l2", "bn_scale", "taylor", "random"),
+                   choices=("l1", "l2", "l1_filter", "bn_scale", "taylor", "random"),
                    help="channel importance (default l1)")
     p.add_argument("--ranking", choices=("local", "global"), default="local",
                    help="rank channels per layer (local, default) or across layers (global)")
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/run"), help="run folder (default runs/run)")
     _add_train_args(p)
     _add_prune_args(p)
+    p.add_argument("--no-fit", action="store_true",
+                   help="prune by --mac-ratio alone; by default `run` searches the largest model "
+                   "within --mac-ratio that fits the --target board's flash and RAM")
     _add_quant_args(p)
     _add_target_arg(p)
     _add_validate_args(p)
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 run, args.model, args.data, args.epochs, args.seed, progress), q)
             _step(console, "prune", lambda: stages.stage_prune(
                 run, args.mac_ratio, args.finetune_epochs, args.seed, progress,
-                **_prune_options(args)), q)
+                **_prune_options(args), auto_fit=not args.no_fit), q)
             _step(console, "quantize", lambda: stages.stage_quantize(
                 run, args.rounding, args.calibration, args.calibration_samples,
                 args.bias_correction), q)

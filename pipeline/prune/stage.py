@@ -42,6 +42,7 @@ def prune_for_run(
     steps: int = 3,
     distill: bool = False,
     weight_sparsity: float = 0.0,
+    auto_fit: bool = False,
 ) -> tuple[PruneResult, dict[str, Any]]:
     """Prune for the run folder's board; returns the result and the extra prune.json keys.
 
@@ -50,6 +51,15 @@ def prune_for_run(
     (``target_mac_ratio`` is then ignored; ``fit_macs`` adds a MAC budget).
     """
     protect = list(protect or ())
+    if auto_fit and fit_target is None and board:
+        # `microfit run --target B`: the board's real budget drives pruning, capped
+        # at the asked MAC ratio, so a 2 KB Uno gets a smaller model than an M4.
+        fit_target = board
+        if fit_macs is None and target_mac_ratio:
+            from .macs import count_macs_params
+
+            macs_before, _ = count_macs_params(model, (1,) + tuple(splits.input_shape))
+            fit_macs = int(target_mac_ratio * macs_before)
     if round_to is None:
         round_to = round_to_for_board(fit_target or board)
     fit = None
