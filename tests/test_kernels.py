@@ -43,7 +43,7 @@ DRIVER_SRC = Path(__file__).parent / "c" / "kernel_driver.c"
 N_CASES = 300
 
 OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL, OP_ADD, OP_ADD_IN_PLACE, OP_SOFTMAX = range(1, 9)
-OP_CONV2D_FAST = 9
+OP_CONV2D_FAST, OP_ADD_FAST, OP_ADD_FAST_IN_PLACE, OP_DWCONV2D_FAST, OP_CONV2D_AVR = 9, 10, 11, 12, 13
 
 
 # --------------------------------------------------------------------------
@@ -67,7 +67,7 @@ class Case:
     @property
     def bounds(self) -> tuple[int, int]:
         """The output range: the activation range, the int8 range for softmax."""
-        if self.op == OP_CONV2D_FAST:
+        if self.op in (OP_CONV2D_FAST, OP_CONV2D_AVR):
             return self.params[16], self.params[17]
         return (-128, 127) if self.op == OP_SOFTMAX else (self.params[-2], self.params[-1])
 
@@ -401,8 +401,30 @@ def test_kernel_matches_reference_bytes(kernel_driver, kernel, mode):
 # the fast kernels: same cases, constants laid out by microfit.codegen.layouts
 
 
-def fast_case(case: Case) -> Case:
-    """A conv2d or fully connected case as mf_conv2d_s8_fast takes it."""
+def has_fast_path(case: Case) -> bool:
+    """The fast depthwise kernel takes a depth multiplier of 1 only (codegen checks it too)."""
+    return case.op != OP_DWCONV2D or case.params[5] == 1
+
+
+def fast_case(case: Case, mode: str, allow_small: bool = True) -> Case:
+    """A conv2d, fully connected, depthwise or add case as the fast kernels take it.
+
+    ``allow_small=False`` withholds the small-accumulator flag, so the 64-bit
+    requantization runs instead of the SMMULR one.
+    """
+    if case.op in (OP_ADD, OP_ADD_IN_PLACE):
+        op = OP_ADD_FAST_IN_PLACE if case.op == OP_ADD_IN_PLACE else OP_ADD_FAST
+        return Case(op, case.params, [*case.arrays, layouts.add_tables(case.info, mode)],
+                    case.reference, case.info, case.only_mode)
+    if case.op == OP_DWCONV2D:
+        x, wt, bias, mult, shift = case.arrays
+        in_off, out_off = case.params[14], case.params[15]
+        biases = layouts.depthwise_biases(bias, wt, in_off)
+        small = allow_small and layouts.depthwise_small(biases, wt)
+        arrays = [x, layouts.pack_depthwise_weights(wt), biases,
+                  layouts.pack_requant(mult, shift, out_off, small)]
+        return Case(OP_DWCONV2D_FAST, case.params, arrays, case.reference, case.info,
+                    case.only_mode)
     if case.op == OP_FC:
         cin, cout, in_off, out_off, lo, hi = case.params
         geometry = [1, 1, cin, 1, 1, cout, 1, 1, 1, 1, 1, 1, 0, 0]
@@ -414,23 +436,73 @@ def fast_case(case: Case) -> Case:
     _, wt, bias, mult, shift = case.arrays
     in_c, out_h, out_w, k_h, k_w = geometry[2], geometry[3], geometry[4], geometry[6], geometry[7]
     scratch = layouts.conv_fast_buffer_size(in_c, k_h, k_w, out_h, out_w)
-    arrays = [x, layouts.pack_conv_weights(wt), layouts.fold_bias(bias, wt, in_off),
-              layouts.pack_requant(mult, shift, out_off)]
+    folded = layouts.fold_bias(bias, wt, in_off)
+    small = allow_small and layouts.accumulators_small(folded, wt)
+    arrays = [x, layouts.pack_conv_weights(wt), folded,
+              layouts.pack_requant(mult, shift, out_off, small)]
     return Case(OP_CONV2D_FAST, [*geometry, in_off, out_off, lo, hi, scratch], arrays,
                 case.reference, case.info, case.only_mode)
 
 
 @pytest.mark.parametrize("simd", [False, True], ids=["plain", "simd"])
 @pytest.mark.parametrize("mode", ROUNDING_MODES)
-@pytest.mark.parametrize("kernel", ["conv2d", "fully_connected"])
+@pytest.mark.parametrize("kernel", ["conv2d", "fully_connected", "add", "depthwise_conv2d",
+                                    "conv2d-64bit", "depthwise_conv2d-64bit"])
 def test_fast_kernel_matches_reference_bytes(kernel_driver, kernel, mode, simd):
-    """mf_conv2d_s8_fast gives the portable kernels' bytes, with and without the DSP code."""
-    cases = [fast_case(c) for c in cases_for(kernel) if c.only_mode in (None, mode)]
+    """The fast kernels give the portable kernels' bytes, with and without the DSP code;
+    "-64bit" withholds the small-accumulator flag (the other requantization path)."""
+    name, _, variant = kernel.partition("-")
+    cases = [fast_case(c, mode, allow_small=not variant) for c in cases_for(name)
+             if c.only_mode in (None, mode) and has_fast_path(c)]
+    assert len(cases) > 60
+    if name != "add":
+        flags = [int(c.arrays[3][0]) for c in cases]
+        taken = {f & (layouts.RQ_FAST | layouts.RQ_SMALL) for f in flags}
+        want = {0, layouts.RQ_FAST} if variant else {0, layouts.RQ_FAST | layouts.RQ_SMALL}
+        assert taken == want, f"requantization paths exercised: {taken}"
     expected = [c.expected(mode) for c in cases]
     got = run_driver(kernel_driver(mode, simd), cases, [e.size for e in expected])
     failures = [_describe(c, g, e) for c, g, e in zip(cases, got, expected, strict=True)
                 if not np.array_equal(g, e)]
     assert not failures, f"{len(failures)} of {len(cases)} cases differ; first: {failures[0]}"
+
+
+def avr_case(case: Case) -> Case:
+    """A conv2d or fully connected case as mf_conv2d_s8_avr takes it."""
+    if case.op == OP_FC:
+        cin, cout, in_off, out_off, lo, hi = case.params
+        geometry = [1, 1, cin, 1, 1, cout, 1, 1, 1, 1, 1, 1, 0, 0]
+        x = case.arrays[0].reshape(1, 1, 1, cin)
+    else:
+        geometry = case.params[:14]
+        in_off, out_off, lo, hi = case.params[14:]
+        x = case.arrays[0]
+    _, wt, bias, mult, shift = case.arrays
+    group = layouts.avr_group(wt, geometry[2])
+    return Case(OP_CONV2D_AVR, [*geometry, in_off, out_off, lo, hi, group],
+                [x, wt, layouts.fold_bias(bias, wt, in_off), mult, shift], case.reference,
+                case.info, case.only_mode)
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+@pytest.mark.parametrize("kernel", ["conv2d", "fully_connected"])
+def test_avr_kernel_matches_reference_bytes(kernel_driver, kernel, mode):
+    """mf_conv2d_s8_avr (16-bit partial sums) gives the portable kernel's bytes."""
+    cases = [avr_case(c) for c in cases_for(kernel) if c.only_mode in (None, mode)]
+    expected = [c.expected(mode) for c in cases]
+    got = run_driver(kernel_driver(mode), cases, [e.size for e in expected])
+    failures = [_describe(c, g, e) for c, g, e in zip(cases, got, expected, strict=True)
+                if not np.array_equal(g, e)]
+    assert not failures, f"{len(failures)} of {len(cases)} cases differ; first: {failures[0]}"
+    assert len({c.params[18] for c in cases}) >= 3  # groups of several lengths were exercised
+
+
+def test_avr_group_keeps_16_bit_partial_sums_safe():
+    w = np.array([[100, 100, 60, 2, 2, 2, 120, 5]], np.int8)  # one row, in_c 4: runs of 4
+    assert layouts.avr_group(w, 4) == 2  # 100 + 100 = 200 <= 255 < 100 + 100 + 60
+    w = np.full((3, 8), -127, np.int8)
+    assert layouts.avr_group(w, 8) == 2  # 2 * 127 = 254 <= 255 < 381
+    assert layouts.avr_group(np.full((1, 16), 1, np.int8), 16) == 16
 
 
 def test_fast_kernel_layouts_are_what_the_c_comment_says():
@@ -622,18 +694,23 @@ def test_softmax_params_match_tflite_prepare():
 # --------------------------------------------------------------------------
 # cross-compilers and the host compiler driver
 
+_ARM = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi"
+# target -> (compiler, flags, package). -O0 too: the fast kernels' assembly
+# needs registers an unoptimised build keeps for itself.
 CROSS = {
-    "arm-none-eabi-gcc": (["-mcpu=cortex-m4", "-mthumb", "-O2"],
-                          "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi"),
-    "avr-gcc": (["-mmcu=atmega328p", "-Os"], "apt-get install gcc-avr avr-libc"),
+    "cortex-m4": ("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-O2"], _ARM),
+    "cortex-m4-O0": ("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-O0"], _ARM),
+    "cortex-m7": ("arm-none-eabi-gcc", ["-mcpu=cortex-m7", "-mthumb", "-O2"], _ARM),
+    "cortex-m0plus": ("arm-none-eabi-gcc", ["-mcpu=cortex-m0plus", "-mthumb", "-O2"], _ARM),
+    "atmega328p": ("avr-gcc", ["-mmcu=atmega328p", "-Os"], "apt-get install gcc-avr avr-libc"),
 }
 
 
 @pytest.mark.parametrize("defines", [[], ["-DMF_SINGLE_ROUNDING"], ["-DMF_CONST_IN_RAM"]],
                          ids=["default", "single", "const-in-ram"])
-@pytest.mark.parametrize("compiler", list(CROSS))
-def test_runtime_compiles_for_microcontrollers(tmp_path, compiler, defines):
-    flags, package = CROSS[compiler]
+@pytest.mark.parametrize("target", list(CROSS))
+def test_runtime_compiles_for_microcontrollers(tmp_path, target, defines):
+    compiler, flags, package = CROSS[target]
     if shutil.which(compiler) is None:
         pytest.skip(f"{compiler} not installed: {package}")
     cmd = [compiler, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", *defines,
@@ -668,7 +745,7 @@ def test_compile_host_names_the_package_when_gcc_is_missing(tmp_path, monkeypatc
 
 AVR_HARNESS = Path(__file__).parent / "c" / "avr_harness.c"
 AVR_ARENA = 1280
-AVR_FLASH_BUDGET = 24_000  # bytes of case constants, well inside the 32 KB of flash
+AVR_FLASH_BUDGET = 12_000  # bytes of case constants; the rest of the 32 KB is kernel code
 AVR_BATCHES = 3  # firmware images per rounding mode, each with different cases
 
 # op -> (params struct, kernel function, struct fields in driver order)
@@ -692,14 +769,23 @@ C_SIGNATURES = {
     OP_ADD_IN_PLACE: ("mf_add_params", "mf_add_s8", _ADD_FIELDS),
     OP_SOFTMAX: ("mf_softmax_params", "mf_softmax_s8",
                  ["rows", "depth", "input_multiplier", "input_left_shift", "diff_min"]),
+    OP_CONV2D_FAST: ("mf_conv2d_params", "mf_conv2d_s8_fast", _CONV_FIELDS),
+    OP_ADD_FAST: ("mf_add_params", "mf_add_s8_fast", _ADD_FIELDS),
+    OP_ADD_FAST_IN_PLACE: ("mf_add_params", "mf_add_s8_fast", _ADD_FIELDS),
+    OP_CONV2D_AVR: ("mf_conv2d_params", "mf_conv2d_s8_avr", _CONV_FIELDS),
+    OP_DWCONV2D_FAST: ("mf_depthwise_conv2d_params", "mf_depthwise_conv2d_s8_fast",
+                       [f if f != "out_c" else "depth_multiplier" for f in _CONV_FIELDS]),
 }
+_ADD_OPS = (OP_ADD, OP_ADD_IN_PLACE, OP_ADD_FAST, OP_ADD_FAST_IN_PLACE)
 
 
 def _c_array(name: str, a: np.ndarray) -> str:
-    ctype = {np.dtype(np.int8): "int8_t", np.dtype(np.int32): "int32_t"}[a.dtype]
+    ctype = {np.dtype(np.int8): "int8_t", np.dtype(np.int16): "int16_t",
+             np.dtype(np.int32): "int32_t"}[a.dtype]
     # INT32_MIN has no literal of its own in C.
     vals = ", ".join("(-2147483647 - 1)" if int(v) == -(1 << 31) else str(int(v)) for v in a.ravel())
-    return f"static const {ctype} {name}[{a.size}] MF_CONST = {{{vals}}};"
+    # Word-aligned, as generated weights are (the fast kernels load words).
+    return f"static const {ctype} {name}[{a.size}] MF_TEST_ALIGN MF_CONST = {{{vals}}};"
 
 
 def avr_program(cases: list[Case]) -> str:
@@ -707,7 +793,8 @@ def avr_program(cases: list[Case]) -> str:
     decls, calls = [], []
     for i, case in enumerate(cases):
         struct_name, fn, fields = C_SIGNATURES[case.op]
-        init = ", ".join(f".{f} = {v}" for f, v in zip(fields, case.params, strict=True))
+        init = ", ".join(f".{f} = {v}" for f, v in zip(fields, case.params[:len(fields)],
+                                                       strict=True))
         decls.append(f"static const {struct_name} p{i} MF_CONST = {{{init}}};")
         names = []
         for j, a in enumerate(case.arrays):
@@ -718,12 +805,26 @@ def avr_program(cases: list[Case]) -> str:
                 names.append(f"a{i}_{j}")
         n_out = case.expected("double").size
         body = []
-        if case.op in (OP_ADD, OP_ADD_IN_PLACE):
+        if case.op in _ADD_OPS:
             n = case.params[0]
             body.append(f"mf_test_load(mf_test_arena, a{i}_0, {n});")
             body.append(f"mf_test_load(mf_test_arena + {n}, a{i}_1, {n});")
-            out = "mf_test_arena" if case.op == OP_ADD_IN_PLACE else f"mf_test_arena + {2 * n}"
-            body.append(f"{fn}(&p{i}, mf_test_arena, mf_test_arena + {n}, {out});")
+            in_place = case.op in (OP_ADD_IN_PLACE, OP_ADD_FAST_IN_PLACE)
+            out = "mf_test_arena" if in_place else f"mf_test_arena + {2 * n}"
+            tables = f"a{i}_2, " if case.op != OP_ADD and case.op != OP_ADD_IN_PLACE else ""
+            body.append(f"{fn}(&p{i}, mf_test_arena, mf_test_arena + {n}, {tables}{out});")
+        elif case.op == OP_CONV2D_AVR:
+            n_in = case.arrays[0].size
+            out = f"mf_test_arena + {n_in}"
+            body.append(f"mf_test_load(mf_test_arena, {names[0]}, {n_in});")
+            body.append(f"{fn}(&p{i}, mf_test_arena, {', '.join(names[1:])}, {case.params[18]}, "
+                        f"{out});")
+        elif case.op == OP_CONV2D_FAST:
+            n_in = case.arrays[0].size
+            out = f"mf_test_arena + {n_in}"
+            scratch = f"mf_test_arena + {(n_in + n_out + 3) // 4 * 4}"
+            body.append(f"mf_test_load(mf_test_arena, {names[0]}, {n_in});")
+            body.append(f"{fn}(&p{i}, mf_test_arena, {', '.join(names[1:])}, {scratch}, {out});")
         else:
             n_in = case.arrays[0].size
             out = f"mf_test_arena + {n_in}"
@@ -733,6 +834,8 @@ def avr_program(cases: list[Case]) -> str:
         calls.append("    " + "\n    ".join(body))
     return "\n".join([
         '#include <stddef.h>', '#include <stdint.h>', '#include "mf_runtime.h"', "",
+        "#if defined(__AVR__)", "#define MF_TEST_ALIGN", "#else",
+        "#define MF_TEST_ALIGN __attribute__((aligned(4)))", "#endif", "",
         "extern int8_t mf_test_arena[];",
         "void mf_test_load(int8_t *dst, const int8_t *src, uint16_t n);",
         "void mf_test_emit(uint16_t case_index, const int8_t *out, uint16_t n);",
@@ -765,6 +868,11 @@ def _avr_cases(batch: int, per_kernel: int = 4) -> list[Case]:
             picked += 1
             if picked == per_kernel:
                 break
+    # The 8-bit path (16-bit partial sums, constants in flash) on two of the same
+    # convolutions, from what is left of the flash budget.
+    small = sorted((c for c in chosen if c.op in (OP_CONV2D, OP_FC)),
+                   key=lambda c: sum(a.nbytes for a in c.arrays if a is not None))
+    chosen += [avr_case(c) for c in small[:2]]
     return chosen
 
 
@@ -783,12 +891,15 @@ def test_kernels_on_emulated_atmega328p_match_reference(tmp_path, mode, batch):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed: apt-get install {package}")
     cases = _avr_cases(batch)
-    assert {c.op for c in cases} >= {OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL}
+    assert {c.op for c in cases} >= {OP_CONV2D, OP_DWCONV2D, OP_FC, OP_MAXPOOL, OP_AVGPOOL,
+                                     OP_CONV2D_AVR}
     src = tmp_path / "cases.c"
     src.write_text(avr_program(cases))
     elf = tmp_path / "kernels.elf"
     defines = ["-DMF_SINGLE_ROUNDING"] if mode == "single" else []
+    # Unused kernels are collected, as in firmware (the runtime alone outgrows 32 KB).
     cmd = ["avr-gcc", "-mmcu=atmega328p", "-Os", "-std=c99", "-Wall", "-Wextra", "-Werror",
+           "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections",
            *defines, f"-I{runtime_dir() / 'include'}", str(AVR_HARNESS), str(src),
            *(str(s) for s in runtime_sources()), "-o", str(elf)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -800,6 +911,64 @@ def test_kernels_on_emulated_atmega328p_match_reference(tmp_path, mode, batch):
         pytest.fail(f"the AVR firmware did not finish within {exc.timeout} s of simulation")
     lines = _simavr_lines(sim.stderr)
     assert lines and lines[-1] == "END", f"firmware did not finish:\n{sim.stderr[-2000:]}"
+    outputs = {}
+    for line in lines[:-1]:
+        m = re.fullmatch(r"O([0-9a-f]{4}) ([0-9a-f]*)", line)
+        assert m, f"unexpected UART line {line!r}"
+        outputs[int(m.group(1), 16)] = np.frombuffer(bytes.fromhex(m.group(2)), dtype=np.int8)
+    assert sorted(outputs) == list(range(len(cases)))
+    for i, case in enumerate(cases):
+        want = case.expected(mode)
+        assert np.array_equal(outputs[i], want), _describe(case, outputs[i], want)
+
+
+# --------------------------------------------------------------------------
+# the same kernels, portable and fast, on emulated Cortex-M3 and M4 (QEMU mps2)
+
+MPS2_HARNESS = Path(__file__).parent / "c" / "mps2_harness.c"
+QEMU_CASES = 40  # per kernel and path
+
+
+def _qemu_cases(mode: str) -> list[Case]:
+    chosen: list[Case] = []
+    for kernel in GENERATORS:
+        pool = [c for c in cases_for(kernel) if c.only_mode in (None, mode)][:QEMU_CASES]
+        chosen += pool
+        if kernel in ("conv2d", "fully_connected", "add", "depthwise_conv2d"):
+            chosen += [fast_case(c, mode) for c in pool if has_fast_path(c)]
+        if kernel in ("conv2d", "depthwise_conv2d"):  # the 64-bit requantization as well
+            chosen += [fast_case(c, mode, allow_small=False) for c in pool[:QEMU_CASES // 2]
+                       if has_fast_path(c)]
+    return chosen
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board,mode", [("qemu-mps2-an386", "double"), ("qemu-mps2-an386", "single"),
+                                        ("qemu-mps2-an385", "double")],
+                         ids=["m4-double", "m4-single", "m3-double"])
+def test_kernels_on_emulated_cortex_m_match_reference(tmp_path, board, mode):
+    """Every kernel, and the fast ones with the DSP extension's assembly (M4) or without (M3,
+    trapping unaligned accesses as a Cortex-M0 would)."""
+    from microfit.icount import build_baremetal, run_counted
+
+    for tool, package in (("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+                          ("qemu-system-arm", "qemu-system-arm")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed: apt-get install {package}")
+    cases = _qemu_cases(mode)
+    assert {c.op for c in cases} >= {OP_CONV2D_FAST, OP_ADD_FAST, OP_SOFTMAX, OP_DWCONV2D}
+    src = tmp_path / "cases.c"
+    src.write_text(avr_program(cases))
+    defines = {"MF_SINGLE_ROUNDING": "1"} if mode == "single" else {}
+    flags: list[str] = []
+    if board == "qemu-mps2-an385":  # no DSP, and strict alignment as on a Cortex-M0
+        defines["MF_TEST_TRAP_UNALIGNED"] = "1"
+        flags.append("-mno-unaligned-access")
+    elf = build_baremetal([MPS2_HARNESS, src, *runtime_sources()], tmp_path / "kernels.elf", board,
+                          [runtime_dir() / "include"], defines, extra_flags=flags)
+    run = run_counted(elf, board, timeout=120)
+    lines = run.uart.decode(errors="replace").splitlines()
+    assert lines and lines[-1] == "END", f"firmware did not finish:\n{run.uart[-2000:]!r}"
     outputs = {}
     for line in lines[:-1]:
         m = re.fullmatch(r"O([0-9a-f]{4}) ([0-9a-f]*)", line)

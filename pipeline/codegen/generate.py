@@ -25,13 +25,19 @@ from .planner import MemoryPlan, plan_memory, scratch_name
 #: (every target, constants in flash on AVR). "fast": kernels that take
 #: constants laid out at code generation time and scratch memory from the
 #: arena; they use the DSP extension's SMLAD on Cortex-M4/M7 and plain
-#: multiply-accumulates elsewhere (Cortex-M0/M0+/M3).
-KERNEL_SETS = ("portable", "fast")
+#: multiply-accumulates elsewhere (Cortex-M0/M0+/M3). "avr": the portable
+#: kernels, but convolutions and fully connected layers with int8 x int8
+#: products summed in 16 bits (8-bit cores). See docs/runtime.md.
+KERNEL_SETS = ("portable", "fast", "avr")
 
 
 def kernels_for_core(core: str) -> str:
-    """The kernel set a core runs best: "fast" on any Cortex-M, "portable" elsewhere."""
-    return "fast" if core.startswith("cortex-m") else "portable"
+    """The kernel set a core runs best: "fast" on Cortex-M, "avr" on AVR, else "portable"."""
+    if core.startswith("cortex-m"):
+        return "fast"
+    if core.startswith(("atmega", "attiny", "atxmega", "avr")):
+        return "avr"
+    return "portable"
 
 
 def kernels_for_board(board_name: str | None) -> str:
@@ -104,7 +110,7 @@ class _Emitter:
         self.arrays.append(_c_array(ctype, cname, values))
         self.decls.append(f"extern const {ctype} {cname}[{max(np.asarray(values).size, 1)}] MF_CONST;")
         self.weight_bytes += int(np.asarray(values).size) * np.dtype(
-            {"int8_t": np.int8, "int32_t": np.int32}[ctype]).itemsize
+            {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32}[ctype]).itemsize
         return cname
 
     def ptr(self, tensor: str) -> str:

@@ -79,14 +79,39 @@ def _emit_conv_fast(em, idx: int, node: Node, p: KernelParams) -> str:
     w = g.tensors[node.inputs[1]]
     b = g.tensors[node.inputs[2]]
     wn = em.array("int8_t", f"{w.name}_packed", layouts.pack_conv_weights(w.data))
-    bn = em.array("int32_t", f"{b.name}_folded", layouts.fold_bias(b.data, w.data, p.input_offset))
+    folded = layouts.fold_bias(b.data, w.data, p.input_offset)
+    bn = em.array("int32_t", f"{b.name}_folded", folded)
+    small = layouts.accumulators_small(folded, w.data)
     rn = em.array("int32_t", f"{node.name}_requant",
-                  layouts.pack_requant(p.multiplier, p.shift, p.output_offset))
+                  layouts.pack_requant(p.multiplier, p.shift, p.output_offset, small))
     return "\n".join([
         "    {",
         _struct("mf_conv2d_params", "p", fields),
         f"        mf_conv2d_s8_fast(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {rn}, "
         f"{em.scratch(idx)}, {em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
+def _emit_conv_avr(em, idx: int, node: Node, p: KernelParams) -> str:
+    """CONV_2D or FULLY_CONNECTED through mf_conv2d_s8_avr: folded bias, 16-bit partial sums."""
+    g = em.g
+    fields = _conv_geometry(g, node)
+    _check_u16(node, **fields)
+    fields.update(input_offset=p.input_offset, output_offset=p.output_offset,
+                  act_min=p.act_min, act_max=p.act_max)
+    w = g.tensors[node.inputs[1]]
+    b = g.tensors[node.inputs[2]]
+    wn = em.array("int8_t", w.name, w.data.astype(np.int8))
+    bn = em.array("int32_t", f"{b.name}_folded", layouts.fold_bias(b.data, w.data, p.input_offset))
+    mn = em.array("int32_t", f"{node.name}_multiplier", p.multiplier)
+    sn = em.array("int32_t", f"{node.name}_shift", p.shift)
+    group = layouts.avr_group(w.data, fields["in_c"])
+    return "\n".join([
+        "    {",
+        _struct("mf_conv2d_params", "p", fields),
+        f"        mf_conv2d_s8_avr(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, {group}, "
+        f"{em.ptr(node.outputs[0])});",
         "    }",
     ])
 
@@ -123,16 +148,52 @@ def _emit_conv_like(em, node: Node, p: KernelParams, depthwise: bool) -> str:
 def emit_conv(em, idx: int, node: Node, p: KernelParams) -> str:
     if em.kernels == "fast":
         return _emit_conv_fast(em, idx, node, p)
+    if em.kernels == "avr":
+        return _emit_conv_avr(em, idx, node, p)
     return _emit_conv_like(em, node, p, depthwise=False)
 
 
+def _emit_dwconv_fast(em, idx: int, node: Node, p: KernelParams) -> str:
+    """DEPTHWISE_CONV_2D (multiplier 1) through mf_depthwise_conv2d_s8_fast."""
+    g = em.g
+    ih, iw, ic = _hw(g.tensors[node.inputs[0]].shape)
+    oh, ow, _ = _hw(g.tensors[node.outputs[0]].shape)
+    w = g.tensors[node.inputs[1]]
+    b = g.tensors[node.inputs[2]]
+    a = node.attrs
+    fields = dict(in_h=ih, in_w=iw, in_c=ic, out_h=oh, out_w=ow, depth_multiplier=1,
+                  k_h=w.shape[1], k_w=w.shape[2], stride_h=a["stride"][0], stride_w=a["stride"][1],
+                  dilation_h=a["dilation"][0], dilation_w=a["dilation"][1],
+                  pad_top=a["padding"][0], pad_left=a["padding"][1])
+    _check_u16(node, **fields)
+    fields.update(input_offset=p.input_offset, output_offset=p.output_offset,
+                  act_min=p.act_min, act_max=p.act_max)
+    wn = em.array("int16_t", f"{w.name}_packed", layouts.pack_depthwise_weights(w.data))
+    biases = layouts.depthwise_biases(b.data, w.data, p.input_offset)
+    bn = em.array("int32_t", f"{b.name}_folded", biases)
+    small = layouts.depthwise_small(biases, w.data)
+    rn = em.array("int32_t", f"{node.name}_requant",
+                  layouts.pack_requant(p.multiplier, p.shift, p.output_offset, small))
+    return "\n".join([
+        "    {",
+        _struct("mf_depthwise_conv2d_params", "p", fields),
+        f"        mf_depthwise_conv2d_s8_fast(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {rn}, "
+        f"{em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
 def emit_dwconv(em, idx: int, node: Node, p: KernelParams) -> str:
+    if em.kernels == "fast" and node.attrs.get("depth_multiplier", 1) == 1:
+        return _emit_dwconv_fast(em, idx, node, p)
     return _emit_conv_like(em, node, p, depthwise=True)
 
 
 def emit_fc(em, idx: int, node: Node, p: KernelParams) -> str:
     if em.kernels == "fast":
         return _emit_conv_fast(em, idx, node, p)
+    if em.kernels == "avr":
+        return _emit_conv_avr(em, idx, node, p)
     w = em.g.tensors[node.inputs[1]].shape
     fields = dict(in_features=w[1], out_features=w[0], input_offset=p.input_offset,
                   output_offset=p.output_offset, act_min=p.act_min, act_max=p.act_max)
@@ -170,6 +231,20 @@ def _emit_pool(fn: str) -> Callable:
 def emit_add(em, idx: int, node: Node, p: KernelParams) -> str:
     x = p.extra
     size = em.g.tensors[node.outputs[0]].size
+    if em.kernels == "fast":
+        # Only the output fields are read; the inputs' rescaling is tabulated.
+        fields = dict(size=size, output_multiplier=x["output_multiplier"],
+                      output_shift=x["output_shift"], output_offset=p.output_offset,
+                      act_min=p.act_min, act_max=p.act_max)
+        mode = "single" if em.mode == "single" else "double"
+        tn = em.array("int32_t", f"{node.name}_tables", layouts.add_tables(x, mode))
+        return "\n".join([
+            "    {",
+            _struct("mf_add_params", "p", fields),
+            f"        mf_add_s8_fast(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.inputs[1])}, "
+            f"{tn}, {em.ptr(node.outputs[0])});",
+            "    }",
+        ])
     fields = dict(size=size, input1_offset=x["input1_offset"], input2_offset=x["input2_offset"],
                   left_shift=x["left_shift"],
                   input1_multiplier=x["input1_multiplier"], input1_shift=x["input1_shift"],

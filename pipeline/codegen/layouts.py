@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..quantize.fixedpoint import multiply_by_quantized_multiplier
+
 
 def round_up4(k: int) -> int:
     return (k + 3) // 4 * 4
@@ -56,19 +58,105 @@ def conv_fast_buffer_size(in_c: int, k_h: int, k_w: int, out_h: int, out_w: int)
     return n_cols * k4 * 2 + (k4 if in_c % 4 else 0)
 
 
+RQ_FAST, RQ_SMALL = 1, 2  # mf_simd.h's MF_RQ_FAST, MF_RQ_SMALL
+
+
 def requant_fast_ok(shift: int) -> bool:
-    """mf_requant_fast_ok: the shifts the fast requantization handles."""
-    return -23 <= int(shift) <= -2
+    """The shifts the fast requantization handles: right shifts of 2 to 22."""
+    return -22 <= int(shift) <= -2
 
 
-def pack_requant(multiplier: np.ndarray, shift: np.ndarray, output_offset: int) -> np.ndarray:
-    """Per output channel {multiplier, shift, round} for the fast kernels (mf_simd.h).
+def accumulators_small(bias: np.ndarray, weights: np.ndarray, max_input: int = 128) -> bool:
+    """Every accumulator of the layer provably within +-2^30 (mf_simd.h's MF_RQ_SMALL).
 
-    round = 2^(-shift-2) + output_offset * 2^(-shift-1) where the fast
-    requantization applies, 0 elsewhere (the kernel then uses mf_requantize).
+    ``bias`` is what the kernel starts from (folded for the fast kernels),
+    ``weights`` one row per output channel; the kernel multiplies inputs of
+    magnitude at most ``max_input`` (128 for raw int8).
+    """
+    w = np.abs(np.asarray(weights, np.int64).reshape(len(bias), -1)).sum(axis=1)
+    bound = np.abs(np.asarray(bias, np.int64)) + int(max_input) * w
+    return bool((bound < (1 << 30)).all())
+
+
+def pack_requant(multiplier: np.ndarray, shift: np.ndarray, output_offset: int,
+                 small: bool = False) -> np.ndarray:
+    """A layer's requantization for the fast kernels: int32 [flags, (multiplier, e, round)...].
+
+    e = -shift, round = 2^(e-1) + output_offset * 2^e (mf_simd.h). flags has
+    RQ_FAST when every channel's shift qualifies, and RQ_SMALL when ``small``
+    (see accumulators_small) as well.
     """
     m = np.asarray(multiplier, np.int64).reshape(-1)
     s = np.asarray(shift, np.int64).reshape(-1)
-    rnd = np.array([(1 << (-int(v) - 2)) + int(output_offset) * (1 << (-int(v) - 1))
+    fast = all(requant_fast_ok(v) for v in s)
+    rnd = np.array([(1 << (-int(v) - 1)) + int(output_offset) * (1 << -int(v))
                     if requant_fast_ok(v) else 0 for v in s], np.int64)
-    return np.stack([m, s, rnd], axis=1).astype(np.int32).reshape(-1)
+    flags = (RQ_FAST | (RQ_SMALL if small else 0)) if fast else 0
+    body = np.stack([m, -s, rnd], axis=1).reshape(-1)
+    return np.concatenate([[flags], body]).astype(np.int32)
+
+
+def add_tables(params: dict, mode: str = "double") -> np.ndarray:
+    """mf_add_s8_fast's tables: each input's rescaled value for every int8 x, int32 [2 * 256].
+
+    The same arithmetic as microfit.reference.ops.add_s8 applies to each input.
+    """
+    x = np.arange(-128, 128, dtype=np.int64)
+    tables = []
+    for i in (1, 2):
+        a = (x + int(params[f"input{i}_offset"])) << int(params["left_shift"])
+        tables.append(multiply_by_quantized_multiplier(
+            a, int(params[f"input{i}_multiplier"]), int(params[f"input{i}_shift"]), mode))
+    return np.concatenate(tables).astype(np.int32)
+
+
+def pack_depthwise_weights(weights: np.ndarray) -> np.ndarray:
+    """[1, kh, kw, C] depthwise weights (multiplier 1) -> mf_depthwise_conv2d_s8_fast's layout.
+
+    int16, channel c's weights starting at c * taps: each whole group of four
+    channels as one block of taps x (c, c+2, c+1, c+3); the last C % 4
+    channels each as its taps in order.
+    """
+    w = np.asarray(weights, dtype=np.int16)
+    per_channel = w.reshape(-1, w.shape[-1]).T  # [C, taps]
+    c = per_channel.shape[0]
+    quads = c // 4 * 4
+    blocks = per_channel[:quads].reshape(-1, 4, per_channel.shape[1])[:, [0, 2, 1, 3], :]
+    return np.concatenate([blocks.transpose(0, 2, 1).reshape(-1),
+                           per_channel[quads:].reshape(-1)]).astype(np.int16)
+
+
+def depthwise_biases(bias: np.ndarray | None, weights: np.ndarray, input_offset: int) -> np.ndarray:
+    """[folded bias, plain bias] for mf_depthwise_conv2d_s8_fast, int32 [2 * C].
+
+    Border pixels start from the plain bias and add input_offset to each input
+    (|x + input_offset| <= 255): accumulators_small must hold for both.
+    """
+    w = np.asarray(weights, dtype=np.int64)
+    per_channel = w.reshape(-1, w.shape[-1]).T  # [C, taps]
+    plain = np.zeros(per_channel.shape[0], np.int32) if bias is None else np.asarray(bias, np.int32)
+    return np.concatenate([fold_bias(plain, per_channel, input_offset), plain]).astype(np.int32)
+
+
+def depthwise_small(biases: np.ndarray, weights: np.ndarray) -> bool:
+    """accumulators_small for mf_depthwise_conv2d_s8_fast: folded bias with raw inputs
+    (interior pixels), plain bias with inputs plus offset (border pixels, up to 255)."""
+    per_channel = np.asarray(weights, np.int64).reshape(-1, np.asarray(weights).shape[-1]).T
+    c = per_channel.shape[0]
+    return (accumulators_small(biases[:c], per_channel)
+            and accumulators_small(biases[c:], per_channel, max_input=255))
+
+
+def avr_group(weights: np.ndarray, in_c: int) -> int:
+    """mf_conv2d_s8_avr's group: the most consecutive products of one tap (runs of
+    ``in_c`` weights) whose 16-bit partial sum provably cannot overflow,
+    128 * sum|w| <= 32767 for every window of that length."""
+    w = np.abs(np.asarray(weights, np.int64)).reshape(-1, int(in_c))  # one run per (row, tap)
+    prefix = np.concatenate([np.zeros((w.shape[0], 1), np.int64), np.cumsum(w, axis=1)], axis=1)
+    best = 1
+    for g in range(2, int(in_c) + 1):
+        window = prefix[:, g:] - prefix[:, :-g]
+        if 128 * int(window.max()) > 32767:
+            break
+        best = g
+    return best

@@ -19,7 +19,10 @@
 
 enum { OP_CONV2D = 1, OP_DWCONV2D = 2, OP_FC = 3, OP_MAXPOOL = 4, OP_AVGPOOL = 5, OP_ADD = 6,
        OP_ADD_IN_PLACE = 7 /* add with output == in1 */, OP_SOFTMAX = 8,
-       OP_CONV2D_FAST = 9 /* conv params + expected scratch bytes; fast-path layouts */ };
+       OP_CONV2D_FAST = 9 /* conv params + expected scratch bytes; fast-path layouts */,
+       OP_ADD_FAST = 10, OP_ADD_FAST_IN_PLACE = 11 /* add params; in1, in2, tables */,
+       OP_DWCONV2D_FAST = 12 /* depthwise params; fast-path layouts */,
+       OP_CONV2D_AVR = 13 /* conv params + group; folded bias */ };
 enum { MAX_PARAMS = 32, MAX_ARRAYS = 8 };
 
 static void die(const char *msg)
@@ -164,6 +167,39 @@ int main(void)
             free(scratch);
             break;
         }
+        case OP_CONV2D_AVR: {
+            mf_conv2d_params p;
+            expect_params(n_params, 19);
+            expect_arrays(n_arrays, 5);
+            p.in_h = u16(prm[0]); p.in_w = u16(prm[1]); p.in_c = u16(prm[2]);
+            p.out_h = u16(prm[3]); p.out_w = u16(prm[4]); p.out_c = u16(prm[5]);
+            p.k_h = u16(prm[6]); p.k_w = u16(prm[7]);
+            p.stride_h = u16(prm[8]); p.stride_w = u16(prm[9]);
+            p.dilation_h = u16(prm[10]); p.dilation_w = u16(prm[11]);
+            p.pad_top = u16(prm[12]); p.pad_left = u16(prm[13]);
+            p.input_offset = prm[14]; p.output_offset = prm[15];
+            p.act_min = prm[16]; p.act_max = prm[17];
+            mf_conv2d_s8_avr(&p, arr[0], arr[1], arr[2], arr[3], arr[4], (int16_t)prm[18], out);
+            break;
+        }
+        case OP_DWCONV2D_FAST: {
+            mf_depthwise_conv2d_params p;
+            expect_params(n_params, 18);
+            expect_arrays(n_arrays, 4);
+            p.in_h = u16(prm[0]); p.in_w = u16(prm[1]); p.in_c = u16(prm[2]);
+            p.out_h = u16(prm[3]); p.out_w = u16(prm[4]); p.depth_multiplier = u16(prm[5]);
+            p.k_h = u16(prm[6]); p.k_w = u16(prm[7]);
+            p.stride_h = u16(prm[8]); p.stride_w = u16(prm[9]);
+            p.dilation_h = u16(prm[10]); p.dilation_w = u16(prm[11]);
+            p.pad_top = u16(prm[12]); p.pad_left = u16(prm[13]);
+            p.input_offset = prm[14]; p.output_offset = prm[15];
+            p.act_min = prm[16]; p.act_max = prm[17];
+            if (p.depth_multiplier != 1) {
+                die("the fast depthwise kernel takes depth_multiplier 1 only");
+            }
+            mf_depthwise_conv2d_s8_fast(&p, arr[0], arr[1], arr[2], arr[3], out);
+            break;
+        }
         case OP_DWCONV2D: {
             mf_depthwise_conv2d_params p;
             expect_params(n_params, 18);
@@ -228,6 +264,27 @@ int main(void)
                 mf_add_s8(&p, out, arr[1], out);
             } else {
                 mf_add_s8(&p, arr[0], arr[1], out);
+            }
+            break;
+        }
+        case OP_ADD_FAST:
+        case OP_ADD_FAST_IN_PLACE: {
+            mf_add_params p;
+            expect_params(n_params, 13);
+            expect_arrays(n_arrays, 3);
+            memset(&p, 0, sizeof p); /* the fast kernel must not need the input fields */
+            p.size = prm[0];
+            p.output_multiplier = prm[8]; p.output_shift = prm[9];
+            p.output_offset = prm[10];
+            p.act_min = prm[11]; p.act_max = prm[12];
+            if (op == OP_ADD_FAST_IN_PLACE) {
+                if (arr[0] == NULL || prm[0] != out_bytes) {
+                    die("in-place add needs in1 of out_bytes bytes");
+                }
+                memcpy(out, arr[0], (size_t)out_bytes);
+                mf_add_s8_fast(&p, out, arr[1], arr[2], out);
+            } else {
+                mf_add_s8_fast(&p, arr[0], arr[1], arr[2], out);
             }
             break;
         }

@@ -98,11 +98,14 @@ def _board(board):
 
 def build_baremetal(sources: Sequence[Path], out: Path, board="qemu-mps2-an386",
                     include_dirs: Sequence[Path] = (), defines: Mapping[str, str] | None = None,
-                    opt: str = "-O2", extra_flags: Iterable[str] = ()) -> Path:
+                    opt: str = "-O2", extra_flags: Iterable[str] = (),
+                    map_file: Path | None = None) -> Path:
     """Link ``sources`` with the mps2 start-up code into the ELF ``out``, for ``board``'s CPU.
 
-    ``main()`` returns the exit status. Sections are split and collected
-    (-ffunction-sections, --gc-sections), as in microfit's firmware.
+    ``main()`` returns the exit status. Each source becomes its own object
+    (``<out>.obj/<stem>.o``, so a linker map, ``map_file``, names them), with
+    sections split and collected (-ffunction-sections, --gc-sections) as in
+    microfit's firmware.
     """
     b = _board(board)
     cc = shutil.which(b.toolchain.cc)
@@ -111,21 +114,37 @@ def build_baremetal(sources: Sequence[Path], out: Path, board="qemu-mps2-an386",
                                     f"{' '.join(b.toolchain.apt)}")
     bm = baremetal_dir()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [cc, *b.cpu_flags, opt, "-std=c99", "-Wall", "-Wextra", "-Werror",
-           "-ffunction-sections", "-fdata-sections", "-nostartfiles", "--specs=nano.specs",
-           "--specs=nosys.specs", "-Wl,--gc-sections", f"-Wl,-T,{bm / 'mps2.ld'}", f"-I{bm}"]
-    cmd += [f"-I{d}" for d in include_dirs]
+    obj_dir = out.parent / (out.name + ".obj")
+    obj_dir.mkdir(parents=True, exist_ok=True)
+    cflags = [*b.cpu_flags, opt, "-std=c99", "-Wall", "-Wextra", "-Werror",
+              "-ffunction-sections", "-fdata-sections", f"-I{bm}"]
+    cflags += [f"-I{d}" for d in include_dirs]
     for name, value in (defines or {}).items():
-        cmd.append(f"-D{name}" if value in ("", None) else f"-D{name}={value}")
-    cmd += list(extra_flags)
-    cmd += [str(bm / "startup.c"), *(str(s) for s in sources), "-o", str(out)]
+        cflags.append(f"-D{name}" if value in ("", None) else f"-D{name}={value}")
+    cflags += list(extra_flags)
+    objects = []
+    all_sources = [bm / "startup.c", *(Path(s) for s in sources)]
+    stems = [s.stem for s in all_sources]
+    for src in all_sources:
+        stem = src.stem if stems.count(src.stem) == 1 else f"{src.parent.name}_{src.stem}"
+        obj = obj_dir / f"{stem}.o"
+        _run_build([cc, *cflags, "-c", str(src), "-o", str(obj)])
+        objects.append(obj)
+    link = [cc, *b.cpu_flags, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
+            "-Wl,--gc-sections", f"-Wl,--require-defined={MARK_SYMBOL}",
+            f"-Wl,-T,{bm / 'mps2.ld'}"]
+    if map_file is not None:
+        link.append(f"-Wl,-Map,{map_file}")
+    _run_build([*link, *(str(o) for o in objects), "-o", str(out)])
+    return out
+
+
+def _run_build(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "LC_ALL": "C"})
     if proc.returncode != 0:
         raise BuildError(f"bare-metal build failed (exit {proc.returncode}):\n  {' '.join(cmd)}\n"
                          f"{proc.stderr.strip()}")
-    return out
 
 
 def symbol_address(elf: Path, name: str) -> int:
@@ -300,7 +319,7 @@ def measure_model(generated: Path, inputs: np.ndarray, board="qemu-mps2-an386",
         includes = [work, generated, runtime_dir() / "include"]
         map_file = work / "model.map"
         elf = build_baremetal(sources, work / "model.elf", b, includes, defines, opt,
-                              extra_flags=[f"-Wl,-Map,{map_file}"])
+                              map_file=map_file)
         run = run_counted(elf, b)
         per_inference = run.regions()
         if len(per_inference) != len(inputs):

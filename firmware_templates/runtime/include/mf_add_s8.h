@@ -42,4 +42,18 @@ void mf_add_s8(const mf_add_params *params,
                const int8_t *in2,
                int8_t *output);
 
+/*
+ * The fast path (add_s8_fast.c): the same bytes as mf_add_s8, with each
+ * input's rescaling looked up in `tables`: int32 [2][256], entry x + 128 of
+ * table i = mf_requantize((x + input_i_offset) * 2^left_shift,
+ * input_i_multiplier, input_i_shift) for x in [-128, 127]
+ * (microfit.codegen.layouts.add_tables). The params struct's input fields are
+ * not read. output may be the same buffer as in1 or in2. Not built for AVR.
+ */
+void mf_add_s8_fast(const mf_add_params *params,
+                    const int8_t *in1,
+                    const int8_t *in2,
+                    const int32_t *tables,
+                    int8_t *output);
+
 #endif /* MF_ADD_S8_H */

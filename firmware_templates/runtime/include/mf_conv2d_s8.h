@@ -53,8 +53,9 @@ void mf_conv2d_s8(const mf_conv2d_params *params,
  *            2j+1 interleaved in groups of 4 bytes (word-aligned);
  *   bias     never NULL: bias + input_offset * (sum of the row's weights),
  *            modulo 2^32;
- *   requant  per output channel {multiplier, shift, round} (see mf_simd.h:
- *            round folds the rounding and output_offset together);
+ *   requant  int32 {flags, then per output channel multiplier, -shift,
+ *            round} (see mf_simd.h: round folds the rounding and
+ *            output_offset together);
  *   scratch  mf_conv2d_s8_fast_get_buffer_size(params) bytes, word-aligned,
  *            not overlapping anything else.
  * With the DSP extension (Cortex-M4/M7) it multiplies with SMLAD, elsewhere
@@ -72,5 +73,23 @@ void mf_conv2d_s8_fast(const mf_conv2d_params *params,
 
 /* Scratch bytes mf_conv2d_s8_fast needs (params in RAM). */
 int32_t mf_conv2d_s8_fast_get_buffer_size(const mf_conv2d_params *params);
+
+/*
+ * The path for 8-bit cores (conv2d_s8_avr.c): the same bytes as
+ * mf_conv2d_s8 with int8 x int8 products summed in 16 bits, `group` at a
+ * time. Weights in OHWI order as for mf_conv2d_s8; bias never NULL:
+ * bias + input_offset * (sum of the row's weights) modulo 2^32; `group` such
+ * that 128 * (sum of |w| over any `group` consecutive weights of one tap)
+ * <= 32767 (microfit.codegen.layouts.avr_group). Constants through
+ * MF_CONST / MF_LD_* (flash on AVR). No scratch memory.
+ */
+void mf_conv2d_s8_avr(const mf_conv2d_params *params,
+                      const int8_t *input,
+                      const int8_t *weights,
+                      const int32_t *bias,
+                      const int32_t *multiplier,
+                      const int32_t *shift,
+                      int16_t group,
+                      int8_t *output);
 
 #endif /* MF_CONV2D_S8_H */

@@ -46,4 +46,24 @@ void mf_depthwise_conv2d_s8(const mf_depthwise_conv2d_params *params,
                             const int32_t *shift,
                             int8_t *output);
 
+/*
+ * The fast path (depthwise_conv2d_s8_fast.c), depth_multiplier 1 only: the
+ * same bytes as mf_depthwise_conv2d_s8, from constants laid out at code
+ * generation time (microfit.codegen.layouts):
+ *   weights  int16 [in_c][k_h * k_w], except that each group of four
+ *            channels (c % 4 == 0) is stored tap by tap, its four weights in
+ *            the order c, c+2, c+1, c+3 (word-aligned);
+ *   bias     int32 [2][in_c]: bias + input_offset * (sum of the channel's
+ *            weights) modulo 2^32, then the plain bias (zeros for none);
+ *   requant  int32 {flags, then per channel multiplier, -shift, round}
+ *            (see mf_simd.h).
+ * No scratch memory. Not built for AVR.
+ */
+void mf_depthwise_conv2d_s8_fast(const mf_depthwise_conv2d_params *params,
+                                 const int8_t *input,
+                                 const int16_t *weights,
+                                 const int32_t *bias,
+                                 const int32_t *requant,
+                                 int8_t *output);
+
 #endif /* MF_DEPTHWISE_CONV2D_S8_H */

@@ -46,6 +46,23 @@ static inline int32_t mf_smlad(uint32_t a, uint32_t b, int32_t acc)
     return __smlad((int32_t)a, (int32_t)b, acc);
 }
 
+/* acc + low lane * low lane, and high lane * high lane (SMLABB, SMLATT). */
+static inline int32_t mf_smlabb(uint32_t a, uint32_t b, int32_t acc)
+{
+    return __smlabb((int32_t)a, (int32_t)b, acc);
+}
+
+static inline int32_t mf_smlatt(uint32_t a, uint32_t b, int32_t acc)
+{
+    return __smlatt((int32_t)a, (int32_t)b, acc);
+}
+
+/* Lane-wise 16-bit add (SADD16). */
+static inline uint32_t mf_sadd16(uint32_t a, uint32_t b)
+{
+    return (uint32_t)__sadd16((int32_t)a, (int32_t)b);
+}
+
 #elif defined(MF_SIMD_EMULATE)
 #define MF_SIMD 1
 
@@ -66,6 +83,24 @@ static inline int32_t mf_smlad(uint32_t a, uint32_t b, int32_t acc)
     const int32_t lo = (int32_t)(int16_t)(a & 0xFFFFu) * (int16_t)(b & 0xFFFFu);
     const int32_t hi = (int32_t)(int16_t)(a >> 16) * (int16_t)(b >> 16);
     return (int32_t)((uint32_t)acc + (uint32_t)lo + (uint32_t)hi);
+}
+
+static inline int32_t mf_smlabb(uint32_t a, uint32_t b, int32_t acc)
+{
+    const int32_t lo = (int32_t)(int16_t)(a & 0xFFFFu) * (int16_t)(b & 0xFFFFu);
+    return (int32_t)((uint32_t)acc + (uint32_t)lo);
+}
+
+static inline int32_t mf_smlatt(uint32_t a, uint32_t b, int32_t acc)
+{
+    const int32_t hi = (int32_t)(int16_t)(a >> 16) * (int16_t)(b >> 16);
+    return (int32_t)((uint32_t)acc + (uint32_t)hi);
+}
+
+/* SADD16 wraps each lane. */
+static inline uint32_t mf_sadd16(uint32_t a, uint32_t b)
+{
+    return ((a + b) & 0xFFFFu) | (((a >> 16) + (b >> 16)) << 16);
 }
 
 #else
@@ -104,44 +139,87 @@ static inline uint32_t mf_load32(const void *p)
 }
 
 /*
- * mf_requantize(acc, multiplier, shift) + output_offset in fewer
- * instructions, for the right shifts convolutions have: -23 <= shift <= -2
- * (multipliers below 1/4). Code generation stores, per output channel,
- * {multiplier, shift, round} with round = 2^(-shift-2) + output_offset *
- * 2^(-shift-1) (microfit.codegen.layouts.pack_requant); a kernel checks
- * mf_requant_fast_ok on every channel of a layer once and takes
- * mf_requantize for layers where it fails.
+ * Requantization in fewer instructions: mf_requantize(acc, multiplier, shift)
+ * + output_offset, for the right shifts e = -shift in [2, 22] that layers
+ * have (multipliers below 1/4).
  *
- * Double rounding: with T = acc * multiplier + 2^30, the high multiply gives
- * q = floor(T / 2^31) and the rounding shift by e = -shift gives
+ * Code generation (microfit.codegen.layouts.pack_requant) writes a layer's
+ * requantization as int32 {flags, then per output channel: multiplier, e,
+ * round} with round = 2^(e-1) + output_offset * 2^e: the rounding constant
+ * and the output offset in one add. The flags say which form is exact for
+ * every channel of the layer:
+ *
+ * MF_RQ_FAST (2 <= e <= 22 everywhere). With T = acc * multiplier + 2^30,
+ * double rounding computes q = floor(T / 2^31), then
  * floor((q + 2^(e-1) - [q < 0]) / 2^e), which equals
- * floor((T - [T < 0] * 2^31 + 2^(30+e)) / 2^(31+e)). Only the high word of T
- * survives that shift, less the borrow of the 2^31 term (T < 0 with bit 31
- * clear), plus 2^(e-2). Adding output_offset * 2^(e-1) before the shift adds
- * output_offset after it. |T| < 2^62, so the high word lies in [-2^30, 2^30)
- * and, with e <= 23, no step overflows.
+ * floor((T - [T < 0] * 2^31 + 2^(30+e)) / 2^(31+e)): only the high word of
+ * T survives, less the borrow of the 2^31 term (T < 0 with bit 31 clear),
+ * plus round / 2, shifted by e - 1. Single rounding is
+ * (acc * multiplier + 2^(30+e)) >> (31+e): the high word plus round / 2,
+ * shifted by e - 1. |T| < 2^62, so no step overflows.
  *
- * Single rounding: (acc * multiplier + 2^(30+e)) >> (31+e), the rounding
- * constant again falling in the high word.
+ * MF_RQ_SMALL as well (every accumulator provably within +-2^30: code
+ * generation bounds |bias| + 128 * sum |weights| per channel). Then 2 * acc
+ * fits in int32 and the high multiply is one instruction: q =
+ * (2 * acc * multiplier + 2^31) >> 32 (SMMULR) for double rounding, then
+ * (q - [q < 0] + round) >> e; for single rounding, h = (2 * acc * multiplier)
+ * >> 32 (SMMUL), then (h + round) >> e (the dropped low bits cannot carry
+ * into the rounded result). |q| < 2^30, so the adds cannot overflow.
+ *
+ * Layers with neither flag take mf_requantize.
  */
-static inline int mf_requant_fast_ok(int32_t shift)
-{
-    return shift <= -2 && shift >= -23;
-}
+#define MF_RQ_FAST 1
+#define MF_RQ_SMALL 2
 
-static inline int32_t mf_requant_fast(int32_t acc, int32_t multiplier, int32_t shift,
-                                      int32_t round)
+static inline int32_t mf_rq_fast(int32_t acc, int32_t multiplier, int32_t e, int32_t round)
 {
 #if defined(MF_SINGLE_ROUNDING)
     const int32_t hi = (int32_t)(((int64_t)acc * multiplier) >> 32);
-    return (hi + round) >> (-shift - 1);
+    return (hi + (round >> 1)) >> (e - 1);
 #else
     const int64_t t = (int64_t)acc * multiplier + ((int64_t)1 << 30);
     const uint32_t lo = (uint32_t)t;
     const int32_t hi = (int32_t)(t >> 32);
     const int32_t borrow = (int32_t)(((uint32_t)hi & ~lo) >> 31);
-    return (hi - borrow + round) >> (-shift - 1);
+    return (hi - borrow + (round >> 1)) >> (e - 1);
 #endif
+}
+
+static inline int32_t mf_rq_small(int32_t acc, int32_t multiplier, int32_t e, int32_t round)
+{
+    const int32_t acc2 = (int32_t)((uint32_t)acc << 1);
+    int32_t q;
+#if MF_SIMD && defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+#if defined(MF_SINGLE_ROUNDING)
+    __asm("smmul %0, %1, %2" : "=r"(q) : "r"(acc2), "r"(multiplier));
+#else
+    __asm("smmulr %0, %1, %2" : "=r"(q) : "r"(acc2), "r"(multiplier));
+#endif
+#else
+    const int64_t p = (int64_t)acc2 * multiplier;
+#if defined(MF_SINGLE_ROUNDING)
+    q = (int32_t)(p >> 32);
+#else
+    q = (int32_t)(p >> 32) + (int32_t)((uint32_t)p >> 31);
+#endif
+#endif
+#if !defined(MF_SINGLE_ROUNDING)
+    q -= (int32_t)((uint32_t)q >> 31);
+#endif
+    return (q + round) >> e;
+}
+
+/* Requantize with a layer's flags and one channel's {multiplier, e, round};
+ * output_offset is included. */
+static inline int32_t mf_rq(int32_t flags, int32_t acc, const int32_t *rq, int32_t output_offset)
+{
+    if (flags & MF_RQ_SMALL) {
+        return mf_rq_small(acc, rq[0], rq[1], rq[2]);
+    }
+    if (flags & MF_RQ_FAST) {
+        return mf_rq_fast(acc, rq[0], rq[1], rq[2]);
+    }
+    return mf_requantize(acc, rq[0], -rq[1]) + output_offset;
 }
 
 #endif /* MF_SIMD_H */

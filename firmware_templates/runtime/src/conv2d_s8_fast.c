@@ -41,6 +41,11 @@
 
 #if !defined(__AVR__)
 
+#if MF_SIMD && defined(__ARM_FEATURE_DSP) && defined(__thumb2__) && defined(__GNUC__)
+/* Cortex-M4/M7: the hot loops below are written in assembly. */
+#define MF_CONV_ASM 1
+#endif
+
 static int32_t round_up4(int32_t k)
 {
     return (k + 3) & ~(int32_t)3;
@@ -76,6 +81,34 @@ static int16_t *expand(int16_t *col, const int8_t *src, int32_t n, int32_t strid
         col += stride;
     }
     return col;
+}
+
+/* The columns of two neighbouring pixels of a 1x1 convolution, interleaved. */
+static void expand_pair(int16_t *col, const int8_t *a, int32_t n)
+{
+    const int8_t *b = a + 4 * n;
+    int32_t g;
+    for (g = 0; g < n; ++g) {
+        const uint32_t wa = mf_load32(a), wb = mf_load32(b);
+#if MF_SIMD
+        mf_store32a(col, mf_sxtb16(wa));
+        mf_store32a(col + 2, mf_sxtb16_ror8(wa));
+        mf_store32a(col + 4, mf_sxtb16(wb));
+        mf_store32a(col + 6, mf_sxtb16_ror8(wb));
+#else
+        col[0] = (int8_t)(wa & 0xFFu);
+        col[1] = (int8_t)((wa >> 16) & 0xFFu);
+        col[2] = (int8_t)((wa >> 8) & 0xFFu);
+        col[3] = (int8_t)(wa >> 24);
+        col[4] = (int8_t)(wb & 0xFFu);
+        col[5] = (int8_t)((wb >> 16) & 0xFFu);
+        col[6] = (int8_t)((wb >> 8) & 0xFFu);
+        col[7] = (int8_t)(wb >> 24);
+#endif
+        a += 4;
+        b += 4;
+        col += 8;
+    }
 }
 
 /* n groups of the zero point. */
@@ -150,26 +183,30 @@ static void im2col(const im2col_ctx *ctx, int32_t oy, int32_t ox, int16_t *col, 
         return;
     }
     {
+        /* Gather bytes (taps are not whole words), then expand whole words. */
         int8_t *raw = ctx->raw;
+        const int8_t zp = ctx->zero_point;
         for (ky = 0; ky < p->k_h; ++ky) {
             const int32_t iy = iy0 + ky * dil_h;
-            int32_t kx;
+            int32_t kx, n;
             if (iy < 0 || iy >= in_h) {
-                memset(raw, ctx->zero_point, (size_t)(k_w * in_c));
-                raw += k_w * in_c;
+                for (n = k_w * in_c; n > 0; --n) {
+                    *raw++ = zp;
+                }
                 continue;
             }
-            for (kx = 0; kx < k_w; ++kx) {
-                if (kx < kx_lo || kx >= kx_hi) {
-                    memset(raw, ctx->zero_point, (size_t)in_c);
-                } else {
-                    const int8_t *src = ctx->input + (iy * in_w + ix0 + kx * dil_w) * in_c;
-                    int32_t c;
-                    for (c = 0; c < in_c; ++c) {
-                        raw[c] = src[c];
-                    }
+            for (n = kx_lo * in_c; n > 0; --n) {
+                *raw++ = zp;
+            }
+            for (kx = kx_lo; kx < kx_hi; ++kx) {
+                /* With dilation 1 this walks one contiguous run of the input row. */
+                const int8_t *src = ctx->input + (iy * in_w + ix0 + kx * dil_w) * in_c;
+                for (n = 0; n < in_c; ++n) {
+                    *raw++ = src[n];
                 }
-                raw += in_c;
+            }
+            for (n = (k_w - kx_hi) * in_c; n > 0; --n) {
+                *raw++ = zp;
             }
         }
         /* The padding to K4 meets zero weights; any defined value will do. */
@@ -185,57 +222,41 @@ static void im2col(const im2col_ctx *ctx, int32_t oy, int32_t ox, int16_t *col, 
 typedef struct {
     const int8_t *weights;
     const int32_t *bias;
-    const int32_t *requant; /* {multiplier, shift, round} per channel */
+    const int32_t *requant; /* {multiplier, e, round} per channel (mf_simd.h) */
     int32_t out_c, groups;
     int32_t output_offset, act_min, act_max;
-    int fast_requant;       /* every channel passes mf_requant_fast_ok */
+    int32_t flags;          /* MF_RQ_FAST, MF_RQ_SMALL */
 } rows_ctx;
+
+/* Layers without MF_RQ_SMALL: out of line, to keep the hot code small. */
+static void finish2_slow(const rows_ctx *c, const int32_t *rq, int32_t a, int32_t b,
+                         int8_t *out_a, int8_t *out_b)
+{
+    int32_t acc[2];
+    int8_t *out[2];
+    int i;
+    acc[0] = a;
+    acc[1] = b;
+    out[0] = out_a;
+    out[1] = out_b;
+    for (i = 0; i < 2; ++i) {
+        *out[i] = mf_clamp_s8(mf_rq(c->flags, acc[i], rq, c->output_offset), c->act_min,
+                              c->act_max);
+    }
+}
 
 /* Requantize, offset and clamp two accumulators of one channel (the same
  * channel of two pixels, or a pixel and an unused duplicate). */
-MF_ALWAYS_INLINE static inline void finish2(const rows_ctx *c, const int32_t *rq, int32_t a, int32_t b,
+static inline void finish2(const rows_ctx *c, const int32_t *rq, int32_t a, int32_t b,
                            int8_t *out_a, int8_t *out_b)
 {
-    int32_t va, vb;
-    if (c->fast_requant) {
-        va = mf_requant_fast(a, rq[0], rq[1], rq[2]);
-        vb = mf_requant_fast(b, rq[0], rq[1], rq[2]);
+    if (c->flags & MF_RQ_SMALL) {
+        *out_a = mf_clamp_s8(mf_rq_small(a, rq[0], rq[1], rq[2]), c->act_min, c->act_max);
+        *out_b = mf_clamp_s8(mf_rq_small(b, rq[0], rq[1], rq[2]), c->act_min, c->act_max);
     } else {
-        va = mf_requantize(a, rq[0], rq[1]) + c->output_offset;
-        vb = mf_requantize(b, rq[0], rq[1]) + c->output_offset;
+        finish2_slow(c, rq, a, b, out_a, out_b);
     }
-    *out_a = mf_clamp_s8(va, c->act_min, c->act_max);
-    *out_b = mf_clamp_s8(vb, c->act_min, c->act_max);
 }
-
-#if MF_SIMD && defined(__ARM_FEATURE_DSP) && defined(__thumb2__) && defined(__GNUC__)
-/* The 2x2 inner loop on Cortex-M4/M7, two groups per iteration: 15
- * instructions per group of 16 multiply-accumulates (LDRD of both rows'
- * weights, four SXTB16, LDRD of each column's two words, eight SMLAD), plus
- * two per iteration for the loop. Written in assembly because the compiler
- * spills with 13 values live and does not use post-indexed LDRD. */
-#define MF_CONV_ASM 1
-#define MF_GROUP_2X2                                                          \
-    "ldrd %[wa], %[wb], [%[w]], #8\n\t"                                        \
-    "sxtb16 %[wa1], %[wa], ror #8\n\t"                                         \
-    "sxtb16 %[wa], %[wa]\n\t"                                                  \
-    "sxtb16 %[wb1], %[wb], ror #8\n\t"                                         \
-    "sxtb16 %[wb], %[wb]\n\t"                                                  \
-    "ldrd %[c0], %[c1], [%[c]], #8\n\t"                                        \
-    "smlad %[a00], %[wa], %[c0], %[a00]\n\t"                                   \
-    "smlad %[a00], %[wa1], %[c1], %[a00]\n\t"                                  \
-    "smlad %[a10], %[wb], %[c0], %[a10]\n\t"                                   \
-    "smlad %[a10], %[wb1], %[c1], %[a10]\n\t"                                  \
-    "ldrd %[c0], %[c1], [%[c]], #8\n\t"                                        \
-    "smlad %[a01], %[wa], %[c0], %[a01]\n\t"                                   \
-    "smlad %[a01], %[wa1], %[c1], %[a01]\n\t"                                  \
-    "smlad %[a11], %[wb], %[c0], %[a11]\n\t"                                   \
-    "smlad %[a11], %[wb1], %[c1], %[a11]\n\t"
-#define MF_GROUP_OPERANDS                                                     \
-    [w] "+r"(w), [c] "+r"(col), [a00] "+r"(a00), [a01] "+r"(a01),             \
-    [a10] "+r"(a10), [a11] "+r"(a11), [wa] "=&r"(wa), [wb] "=&r"(wb),         \
-    [wa1] "=&r"(wa1), [wb1] "=&r"(wb1), [c0] "=&r"(c0), [c1] "=&r"(c1)
-#endif
 
 /* Accumulate one group: the row's four weight bytes at wp against the
  * column's four int16 at cp (x0, x2, x1, x3 order). */
@@ -255,29 +276,147 @@ static inline int32_t mac_group(int32_t acc, const int8_t *wp, const int16_t *cp
 /* Every output channel of two pixels whose columns are interleaved at cols;
  * out points at channel 0 of the first pixel, the second follows out_c bytes
  * later. */
+#if defined(MF_CONV_ASM) && defined(__OPTIMIZE__)
+/*
+ * Every channel pair of two pixels in one assembly loop, for layers whose
+ * requantization is MF_RQ_FAST | MF_RQ_SMALL (nearly all). Per pair: the
+ * 2x2 inner loop, two groups of four values per iteration, 15 instructions
+ * per group of 16 multiply-accumulates (LDRD of both rows' weights, four
+ * SXTB16, an LDRD of each column's two words, eight SMLAD); then
+ * mf_rq_small and the clamp for the four accumulators, without branches,
+ * and four byte stores. The compiler's version of the same code spilled its
+ * loop state around every block and used no post-indexed LDRD.
+ * Layout of the state it walks (offsets are used in the assembly):
+ */
+typedef struct {
+    const int8_t *w;      /*  0: the current channel pair's weights */
+    const int32_t *bias;  /*  4 */
+    const int32_t *rq;    /*  8: {multiplier, e, round} of the pair's first channel */
+    int8_t *out;          /* 12: the first pixel's output, at the pair's first channel */
+    int32_t out_c;        /* 16 */
+    int32_t lo, hi;       /* 20, 24: the activation range */
+    int32_t groups;       /* 28: >= 1 */
+    const int16_t *cols;  /* 32 */
+    int32_t pairs;        /* 36: >= 1 */
+} pair_state;
+
+#if defined(MF_SINGLE_ROUNDING)
+#define MF_HIGH_MUL "smmul"
+#define MF_ROUND_NEG(r) ""
+#else
+#define MF_HIGH_MUL "smmulr"
+#define MF_ROUND_NEG(r) "sub " r ", " r ", " r ", lsr #31\n\t"
+#endif
+/* acc (register r) -> mf_rq_small with m, e, round in rm, re, rr, clamped to
+ * [r1, lr]. */
+#define MF_REQUANT(r, rm, re, rr)                                             \
+    "lsl " r ", " r ", #1\n\t" MF_HIGH_MUL " " r ", " r ", " rm "\n\t"        \
+    MF_ROUND_NEG(r) "add " r ", " r ", " rr "\n\t"                             \
+    "asr " r ", " r ", " re "\n\t"                                            \
+    "cmp " r ", r1\n\tit lt\n\tmovlt " r ", r1\n\t"                          \
+    "cmp " r ", lr\n\tit gt\n\tmovgt " r ", lr\n\t"
+/* One group of four values for both rows and both columns. */
+#define MF_GROUP_FIXED                                                        \
+    "ldrd r0, r1, [r6], #8\n\t"                                              \
+    "sxtb16 r10, r0, ror #8\n\t"                                             \
+    "sxtb16 r0, r0\n\t"                                                      \
+    "sxtb16 r11, r1, ror #8\n\t"                                             \
+    "sxtb16 r1, r1\n\t"                                                      \
+    "ldrd r12, lr, [r8], #8\n\t"                                             \
+    "smlad r2, r0, r12, r2\n\t"                                              \
+    "smlad r2, r10, lr, r2\n\t"                                              \
+    "smlad r4, r1, r12, r4\n\t"                                              \
+    "smlad r4, r11, lr, r4\n\t"                                              \
+    "ldrd r12, lr, [r8], #8\n\t"                                             \
+    "smlad r3, r0, r12, r3\n\t"                                              \
+    "smlad r3, r10, lr, r3\n\t"                                              \
+    "smlad r5, r1, r12, r5\n\t"                                              \
+    "smlad r5, r11, lr, r5\n\t"
+
+static void pairs_asm(pair_state *st)
+{
+    register pair_state *s0 __asm("r0") = st;
+    __asm volatile(
+        "1:\n\t"
+        /* accumulators from the biases: a00 r2, a01 r3 (channel 0), a10 r4, a11 r5 */
+        "ldr r1, [r0, #4]\n\t"
+        "ldrd r2, r4, [r1], #8\n\t"
+        "str r1, [r0, #4]\n\t"
+        "mov r3, r2\n\t"
+        "mov r5, r4\n\t"
+        "ldr r6, [r0, #0]\n\t"
+        "ldr r8, [r0, #32]\n\t"
+        "ldr r9, [r0, #28]\n\t"
+        "push {r0}\n\t"
+        "tst r9, #1\n\t"
+        "beq 2f\n\t"
+        MF_GROUP_FIXED
+        "2:\n\t"
+        "lsrs r9, r9, #1\n\t"
+        "beq 4f\n\t"
+        "3:\n\t"
+        MF_GROUP_FIXED MF_GROUP_FIXED
+        "subs r9, r9, #1\n\t"
+        "bne 3b\n\t"
+        "4:\n\t"
+        "pop {r0}\n\t"
+        "str r6, [r0, #0]\n\t"
+        /* requantize: channel 0 {r6, r8, r9}, channel 1 {r10, r11, r12} */
+        "ldr r1, [r0, #8]\n\t"
+        "ldm r1!, {r6, r8, r9}\n\t"
+        "ldm r1!, {r10, r11, r12}\n\t"
+        "str r1, [r0, #8]\n\t"
+        "ldr r1, [r0, #20]\n\t"
+        "ldr lr, [r0, #24]\n\t"
+        MF_REQUANT("r2", "r6", "r8", "r9")
+        MF_REQUANT("r3", "r6", "r8", "r9")
+        MF_REQUANT("r4", "r10", "r11", "r12")
+        MF_REQUANT("r5", "r10", "r11", "r12")
+        "ldr r6, [r0, #12]\n\t"
+        "ldr r8, [r0, #16]\n\t"
+        "strb r2, [r6]\n\t"
+        "strb r4, [r6, #1]\n\t"
+        "add r9, r6, r8\n\t"
+        "strb r3, [r9]\n\t"
+        "strb r5, [r9, #1]\n\t"
+        "add r6, r6, #2\n\t"
+        "str r6, [r0, #12]\n\t"
+        "ldr r1, [r0, #36]\n\t"
+        "subs r1, r1, #1\n\t"
+        "str r1, [r0, #36]\n\t"
+        "bne 1b\n\t"
+        : "+r"(s0)
+        :
+        : "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "r12", "lr", "cc",
+          "memory");
+}
+#endif
+
 static void rows_two_pixels(const rows_ctx *c, const int16_t *cols, int8_t *out)
 {
     const int32_t out_c = c->out_c, groups = c->groups;
-    int32_t oc;
-    for (oc = 0; oc + 1 < out_c; oc += 2) {
+    int32_t oc = 0;
+#if defined(MF_CONV_ASM) && defined(__OPTIMIZE__)
+    if ((c->flags & (MF_RQ_FAST | MF_RQ_SMALL)) == (MF_RQ_FAST | MF_RQ_SMALL) && out_c >= 2) {
+        pair_state st;
+        st.w = c->weights;
+        st.bias = c->bias;
+        st.rq = c->requant;
+        st.out = out;
+        st.out_c = out_c;
+        st.lo = c->act_min;
+        st.hi = c->act_max;
+        st.groups = groups;
+        st.cols = cols;
+        st.pairs = out_c / 2;
+        pairs_asm(&st);
+        oc = out_c & ~(int32_t)1;
+    }
+#endif
+    for (; oc + 1 < out_c; oc += 2) {
         const int8_t *w = c->weights + oc * groups * 4;
         const int16_t *col = cols;
         int32_t a00 = c->bias[oc], a01 = a00, a10 = c->bias[oc + 1], a11 = a10;
-#if defined(MF_CONV_ASM)
-        uint32_t wa, wb, wa1, wb1, c0, c1;
-        int32_t pairs = groups >> 1;
-        if (groups & 1) {
-            __asm volatile(MF_GROUP_2X2 : MF_GROUP_OPERANDS : : "memory");
-        }
-        if (pairs > 0) {
-            __asm volatile("1:\n\t" MF_GROUP_2X2 MF_GROUP_2X2
-                           "subs %[n], %[n], #1\n\t"
-                           "bne 1b\n\t"
-                           : MF_GROUP_OPERANDS, [n] "+r"(pairs)
-                           :
-                           : "cc", "memory");
-        }
-#else
         int32_t g;
         for (g = 0; g < groups; ++g) {
             a00 = mac_group(a00, w, col);
@@ -287,7 +426,6 @@ static void rows_two_pixels(const rows_ctx *c, const int16_t *cols, int8_t *out)
             w += 8;
             col += 8;
         }
-#endif
         finish2(c, c->requant + 3 * oc, a00, a01, &out[oc], &out[out_c + oc]);
         finish2(c, c->requant + 3 * oc + 3, a10, a11, &out[oc + 1], &out[out_c + oc + 1]);
     }
@@ -347,7 +485,7 @@ void mf_conv2d_s8_fast(const mf_conv2d_params *params,
     mf_conv2d_params p;
     im2col_ctx ctx;
     rows_ctx rows;
-    int32_t out_w, out_c, n_pixels, k4, pixel, oy, ox, oc;
+    int32_t out_w, out_c, n_pixels, k4, pixel, oy, ox;
     int16_t *cols = (int16_t *)MF_ALIGNED4(scratch);
 
     MF_LD_PARAMS(&p, params);
@@ -362,17 +500,28 @@ void mf_conv2d_s8_fast(const mf_conv2d_params *params,
     ctx.raw = scratch + (n_pixels >= 2 ? 2 : 1) * k4 * 2;
     rows.weights = weights;
     rows.bias = bias;
-    rows.requant = requant;
+    rows.flags = requant[0];
+    rows.requant = requant + 1;
     rows.out_c = out_c;
     rows.groups = k4 / 4;
     rows.output_offset = p.output_offset;
     rows.act_min = p.act_min;
     rows.act_max = p.act_max;
-    rows.fast_requant = 1;
-    for (oc = 0; oc < out_c; ++oc) {
-        if (!mf_requant_fast_ok(requant[3 * oc + 1])) {
-            rows.fast_requant = 0;
+
+    if (p.k_h == 1 && p.k_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_top == 0
+        && p.pad_left == 0 && p.in_c % 4 == 0) {
+        /* 1x1 convolution (and fully connected): each pixel's column is its
+         * own channels, already contiguous. */
+        const int32_t in_c = p.in_c;
+        for (pixel = 0; pixel + 1 < n_pixels; pixel += 2) {
+            expand_pair(cols, input + pixel * in_c, in_c / 4);
+            rows_two_pixels(&rows, cols, output + pixel * out_c);
         }
+        if (pixel < n_pixels) {
+            expand(cols, input + pixel * in_c, in_c / 4, 4);
+            rows_one_pixel(&rows, cols, output + pixel * out_c);
+        }
+        return;
     }
 
     oy = 0;
