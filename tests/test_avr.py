@@ -110,7 +110,7 @@ def test_model_too_big_for_uno_ram_names_numbers_and_the_fix(tmp_path):
         build_firmware(render_project(board, model, tmp_path / "fw"), board)
     message = str(info.value)
     assert "RAM, board simavr-uno has 2 KB" in message and "over" in message
-    assert "320 bytes are the stack reserve" in message
+    assert f"{board.stack_size} bytes are the stack reserve" in message
     assert "arena alone takes 2,100 bytes" in message and "--mac-ratio" in message
 
 
