@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tflite", type=Path, help="import this int8 .tflite as the run's quant.json "
                    "first (no PyTorch or TensorFlow needed)")
     p.add_argument("--out", type=Path, help="run folder when RUN is a .tflite file")
+    p.add_argument("--kernels", choices=["portable", "fast", "avr"],
+                   help="kernel set (default: the one the target's core runs best: fast on "
+                   "Cortex-M, avr on AVR; see docs/runtime.md)")
     _add_target_arg(p)
     p = sub.add_parser("build", help="render the firmware project and compile it; check the fit")
     _add_run_arg(p)
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = stages.stage_quantize(run, args.rounding, args.calibration,
                                                args.calibration_samples, args.bias_correction)
             elif args.verb == "generate":
-                result = stages.stage_generate(run, args.target, args.tflite)
+                result = stages.stage_generate(run, args.target, args.tflite, args.kernels)
             elif args.verb == "build":
                 result = stages.stage_build(run, args.target)
             elif args.verb == "flash":

@@ -155,7 +155,7 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
 
 
 def stage_generate(run: RunFolder, target: str | None = None,
-                   tflite: Path | None = None) -> dict[str, Any]:
+                   tflite: Path | None = None, kernels: str | None = None) -> dict[str, Any]:
     from .codegen.generate import generate
     from .ir.graph import Graph
 
@@ -169,7 +169,7 @@ def stage_generate(run: RunFolder, target: str | None = None,
         import_tflite(tflite).save(run.file("quant.json"), run.file("quant.npz"))
         run.update_settings(tflite=str(tflite))
     qgraph = Graph.load(run.need("quant.json"), run.need("quant.npz"))
-    gen = generate(qgraph, run.file("generated"), board_name=target)
+    gen = generate(qgraph, run.file("generated"), board_name=target, kernels=kernels)
     info = gen.summary()
     run.write_json("generate.json", info)
     return info

@@ -245,3 +245,17 @@ def test_pruning_models_match_reference_bytes_on_host_and_in_qemu(name, tmp_path
         count = measure_model(gens["fast"].out_dir, xq, board, per_layer=False)
         np.testing.assert_array_equal(count.outputs, ref, err_msg=board)
         assert count.per_inference[0] > q.macs() // 2  # at most two MACs per instruction
+
+
+def test_cli_generate_takes_a_kernel_set(tmp_path):
+    """`microfit generate RUN --kernels portable` overrides the board's default (fast)."""
+    from microfit.cli import main
+
+    q, _ = _quantized("plain_cnn", tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    q.save(run / "quant.json", run / "quant.npz")
+    for kernels, call in (("portable", "mf_conv2d_s8("), (None, "mf_conv2d_s8_fast(")):
+        args = ["-q", "generate", str(run), "--target", "qemu-mps2-an386"]
+        assert main(args + (["--kernels", kernels] if kernels else [])) == 0
+        assert call in (run / "generated" / "model.c").read_text()

@@ -23,8 +23,9 @@
 #include "mf_platform.h"
 #include "mf_simd.h"
 
-/* Taps whose input pointers a pixel keeps in a table (on the stack). */
-#define MF_AVR_MAX_TAPS 49
+/* Taps whose input pointers a pixel keeps in a table: a 3x3 window, in 18 bytes
+ * of stack on AVR (2 KB of RAM). */
+#define MF_AVR_MAX_TAPS 9
 
 /* acc + the products of n int8 inputs (x, or the zero point when x is NULL)
  * with n weights from flash, summed `group` at a time in 16 bits. */
