@@ -20,14 +20,13 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
-import time
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from microfit.emulate.session import EmulatorProcess
 from microfit.errors import DeviceError, ToolchainMissingError
 from microfit.target.boards import Board
 
@@ -105,7 +104,20 @@ def build_bridge(board: Board | None = None, cache: Path | None = None) -> Path:
 def stack_limit(elf_path: Path) -> int | None:
     """First RAM address past .data and .bss (avr-libc's __heap_start), or None."""
     with open(elf_path, "rb") as handle:
-        symtab = ELFFile(handle).get_section_by_name(".symtab")
+        try:
+            elf = ELFFile(handle)
+        except ELFError as exc:
+            raise DeviceError(
+                f"{elf_path} is not an ELF firmware image ({exc}): build it with "
+                "`microfit build RUN --target <board>` and pass the firmware.elf it writes"
+            ) from exc
+        if elf["e_machine"] != "EM_AVR":
+            # libsimavr crashes on other machines' code: refuse it here.
+            raise DeviceError(
+                f"{elf_path} was built for {elf['e_machine']}, not for AVR: build the firmware "
+                "for this board (`microfit build RUN --target simavr-uno`)"
+            )
+        symtab = elf.get_section_by_name(".symtab")
         if symtab is None:
             return None
         for name in ("__heap_start", "_end", "__bss_end"):
@@ -128,7 +140,7 @@ def bridge_command(board: Board, elf: Path, bridge: Path, port: int = 0) -> list
     return [*cmd, *emu.args, str(elf)]
 
 
-class SimavrSession:
+class SimavrSession(EmulatorProcess):
     """Context manager: the firmware running in simavr; entering yields the pyserial URL.
 
         with SimavrSession(board, "firmware.elf") as url:
@@ -136,8 +148,10 @@ class SimavrSession:
 
     The simulation starts when the client connects and pauses while no
     client is connected. After close(), `stack_peak` holds the deepest stack
-    the firmware used (bytes), measured by the bridge.
+    the firmware used (bytes), measured by the bridge (it reports on SIGTERM).
     """
+
+    name = "the simavr bridge"
 
     def __init__(
         self,
@@ -147,115 +161,29 @@ class SimavrSession:
         port: int = 0,
         cache: Path | None = None,
     ) -> None:
-        self.board = board
-        self.elf = Path(elf)
-        self.timeout = timeout
+        super().__init__(board, elf, timeout)
         self.requested_port = port
         self.cache = cache
-        self.port: int | None = None
-        self.process: subprocess.Popen[bytes] | None = None
         self.stack_peak: int | None = None
         self.cycles: int | None = None
-        self._stderr_lines: list[str] = []
-        self._listening = threading.Event()
-        self._reader: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        """pyserial URL of the simulated USART."""
-        if self.port is None:
-            raise DeviceError("simavr session not started")
-        return f"socket://127.0.0.1:{self.port}"
-
-    @property
-    def stderr(self) -> str:
-        """Everything the bridge (and libsimavr) wrote on stderr so far."""
-        return "".join(self._stderr_lines)
-
-    def _read_stderr(self, stream: object) -> None:
-        for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
-            line = raw.decode("utf-8", errors="replace")
-            self._stderr_lines.append(line)
-            found = _LISTENING_RE.search(line)
-            if found:
-                self.port = int(found.group(1))
-                self._listening.set()
-            peak = _STACK_RE.search(line)
-            if peak:
-                self.stack_peak, self.cycles = int(peak.group(1)), int(peak.group(2))
+    def _on_stderr_line(self, line: str) -> None:
+        found = _LISTENING_RE.search(line)
+        if found:
+            self.port = int(found.group(1))
+            self._listening.set()
+        peak = _STACK_RE.search(line)
+        if peak:
+            self.stack_peak, self.cycles = int(peak.group(1)), int(peak.group(2))
 
     def start(self) -> str:
         """Build the bridge if needed, launch it, wait until it listens; return the URL."""
-        if not self.elf.is_file():
-            raise DeviceError(f"firmware {self.elf} does not exist: build it first")
+        self._check_elf()
         bridge = build_bridge(self.board, self.cache)
-        cmd = bridge_command(self.board, self.elf, bridge, self.requested_port)
-        self._stderr_lines = []
-        self._listening.clear()
-        self.process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._reader = threading.Thread(
-            target=self._read_stderr, args=(self.process.stderr,), daemon=True
-        )
-        self._reader.start()
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self._listening.wait(0.02):
-                return self.url
-            if self.process.poll() is not None:
-                self._reader.join(1.0)
-                code = self.process.returncode
-                self.close()
-                raise DeviceError(
-                    f"the simavr bridge exited with code {code} before listening "
-                    f"(board {self.board.name}, {self.elf}). It said:\n{self.stderr.strip()}"
-                )
-        self.close()
-        raise DeviceError(
-            f"the simavr bridge did not listen within {self.timeout:.0f} s "
-            f"(board {self.board.name}). It said:\n{self.stderr.strip()}"
-        )
-
-    def alive(self) -> bool:
-        """True while the simulation runs."""
-        return self.process is not None and self.process.poll() is None
-
-    def check_alive(self) -> None:
-        """Raise DeviceError (with the bridge's message) if the simulation has stopped."""
-        if self.process is not None and self.process.poll() is not None:
-            if self._reader is not None:
-                self._reader.join(1.0)
-            raise DeviceError(
-                f"simavr stopped with code {self.process.returncode} while running "
-                f"{self.elf}. It said:\n{self.stderr.strip()}"
-            )
-
-    def close(self) -> None:
-        """Stop the bridge (SIGTERM lets it report its stack peak, then kill) and reap it."""
-        proc = self.process
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=3.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=3.0)
-        if self._reader is not None:
-            self._reader.join(1.0)
-        if proc.stderr is not None:
-            proc.stderr.close()
-        self.process = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._spawn(bridge_command(self.board, self.elf, bridge, self.requested_port))
+        try:
+            self._wait_listening()
+        except DeviceError:
+            self.close()
+            raise
+        return self.url
