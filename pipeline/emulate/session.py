@@ -18,6 +18,17 @@ from microfit.errors import DeviceError
 from microfit.target.boards import Board
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate `proc` (SIGTERM, then SIGKILL after 3 s) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=3.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=3.0)
+
+
 class EmulatorProcess:
     """Context manager around one emulator process; entering yields the pyserial URL.
 
@@ -119,13 +130,7 @@ class EmulatorProcess:
         proc = self.process
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=3.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=3.0)
+        stop_process(proc)
         if self._reader is not None:
             self._reader.join(1.0)
         if proc.stderr is not None:

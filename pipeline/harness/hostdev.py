@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from microfit.build.host import compile_host, runtime_dir, runtime_sources
+from microfit.emulate.session import stop_process
 from microfit.errors import DeviceError
 
 
@@ -88,13 +89,7 @@ class HostDevice:
         proc = self.process
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=3.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=3.0)
+        stop_process(proc)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
