@@ -239,13 +239,13 @@ class ConcatNet(nn.Module):
         return self.fc(torch.flatten(self.pool(y), 1))
 
 
-# name -> (factory, input shape with batch 1, the model is a CNN the int8 IR can import)
+# name -> (factory, input shape with batch 1, the int8 IR can import the model)
 MODELS: dict[str, tuple[type[nn.Module] | object, tuple[int, ...], bool]] = {
     "plain_cnn": (lambda: PlainCNN(), (1, 1, 16, 16), True),
     "ds_cnn": (lambda: DSCNN(width=24, blocks=3), (1, 1, 25, 10), True),
     "mobilenet_v1": (lambda: MobileNetV1(alpha=0.25), (1, 3, 32, 32), True),
     "mobilenet_v2": (lambda: MobileNetV2(), (1, 3, 32, 32), True),
     "resnet8": (lambda: ResNet8(), (1, 3, 32, 32), True),
-    "mlp_autoencoder": (lambda: MLPAutoencoder(), (1, 64), False),
-    "concat_net": (lambda: ConcatNet(), (1, 1, 16, 16), False),
+    "mlp_autoencoder": (lambda: MLPAutoencoder(), (1, 64), True),
+    "concat_net": (lambda: ConcatNet(), (1, 1, 16, 16), True),
 }

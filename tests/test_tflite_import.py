@@ -115,11 +115,11 @@ def test_unsupported_builtin_names_the_op_and_its_index():
     data = export_tflite(cases.reshape_graph(np.random.default_rng(6)))
     m = schema().ModelT.InitFromPackedBuf(data, 0)
     assert len(m.subgraphs[0].operators) == 2
-    with pytest.raises(UnsupportedOpError, match=r"operator 0 is TANH"):
-        import_tflite(_with_first_op(data, "TANH"))
+    with pytest.raises(UnsupportedOpError, match=r"operator 0 is HARD_SWISH"):
+        import_tflite(_with_first_op(data, "HARD_SWISH"))
 
 
-def test_pad_that_does_not_feed_a_convolution_is_rejected():
+def test_pad_that_does_not_only_feed_a_convolution_becomes_a_standalone_pad():
     rng = np.random.default_rng(7)
     g = cases.conv_graph(rng, h=8, w=8, stride=(2, 2), pad=(1, 1, 1, 1))
     data = export_tflite(g, outputs=["y"])
@@ -132,7 +132,38 @@ def test_pad_that_does_not_feed_a_convolution_is_rejected():
 
     b = flatbuffers.Builder(1024)
     b.Finish(m.Pack(b), file_identifier=FILE_IDENTIFIER)
-    with pytest.raises(UnsupportedOpError, match=r"operator 0 \(PAD\)"):
+    imported = import_tflite(bytes(b.Output()))
+    assert [n.op for n in imported.nodes] == ["PAD", "CONV_2D"]
+    assert imported.nodes[0].attrs["paddings"] == [[0, 0], [1, 1], [1, 1], [0, 0]]
+    assert imported.nodes[1].attrs["padding"] == [0, 0, 0, 0]
+    x = _inputs(g, 50, 7)
+    got = run_int8(imported, x, keep_all=True)
+    np.testing.assert_array_equal(got[imported.outputs[1]], run_int8(g, x))
+    zp = int(g.tensors["x"].quant.zero_point[0])
+    assert (got[imported.outputs[0]][:, 0, :, :] == zp).all()  # the padded top row
+
+
+def test_padv2_with_a_value_other_than_the_zero_point_is_rejected():
+    g = cases.pad_graph(np.random.default_rng(8))
+    s = schema()
+    m = s.ModelT.InitFromPackedBuf(export_tflite(g), 0)
+    sub = m.subgraphs[0]
+    zp = int(g.tensors["x"].quant.zero_point[0])
+    value = s.TensorT()
+    value.name, value.shape, value.type = "value", np.array([], np.int32), s.TensorType.INT8
+    buf = s.BufferT()
+    buf.data = np.array([(zp + 1) % 256], np.uint8)
+    m.buffers.append(buf)
+    value.buffer = len(m.buffers) - 1
+    sub.tensors.append(value)
+    sub.operators[0].inputs = np.append(sub.operators[0].inputs, len(sub.tensors) - 1).astype(np.int32)
+    code = m.operatorCodes[sub.operators[0].opcodeIndex]
+    code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.PADV2
+    import flatbuffers
+
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=FILE_IDENTIFIER)
+    with pytest.raises(UnsupportedOpError, match=r"operator 0 \(PADV2\) pads with a value other"):
         import_tflite(bytes(b.Output()))
 
 

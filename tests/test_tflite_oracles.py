@@ -74,6 +74,12 @@ OP_CASES = {
     "softmax_wide_input_scale": lambda r: cases.softmax_graph(r, depth=33, in_scale=0.5),
     "softmax_beta_half_depth100": lambda r: cases.softmax_graph(r, depth=100, in_scale=0.05,
                                                                 beta=0.5),
+    "logistic": lambda r: cases.lut_graph(r, "LOGISTIC"),
+    "logistic_coarse_input": lambda r: cases.lut_graph(r, "LOGISTIC", in_scale=0.5),
+    "tanh": lambda r: cases.lut_graph(r, "TANH"),
+    "tanh_fine_input": lambda r: cases.lut_graph(r, "TANH", shape=(1, 40), in_scale=0.003),
+    "pad_hwc": lambda r: cases.pad_graph(r),
+    "pad_2d": lambda r: cases.pad_graph(r, shape=(1, 6), paddings=((0, 0), (3, 1))),
 }
 
 
@@ -165,3 +171,22 @@ def test_per_tensor_fc_multiplier_is_the_double_product_and_litert_rounds_in_dou
     assert run_int8(graph, zero, mode="double")[0, 0] == 90
     assert run_int8(graph, zero, mode="litert")[0, 0] == 89
     assert_equal_everywhere(graph, x)
+
+
+# Scales where TFLite Micro's fixed-point LOGISTIC / TANH and LiteRT's float-built
+# table disagree on some input (found by search; about 1 in 200 random scales for
+# LOGISTIC, fewer for TANH). Each interpreter must still equal its own mode.
+MODE_SPLITTING_LUT_CASES = [("LOGISTIC", 2.0440334441636026, -44),
+                            ("LOGISTIC", 0.0004263112831981258, -104),
+                            ("TANH", 0.0010237121220716598, 26),
+                            ("TANH", 0.011068172233282663, -77)]
+
+
+@pytest.mark.parametrize("op,scale,zp", MODE_SPLITTING_LUT_CASES)
+def test_logistic_tanh_follow_each_interpreter_where_they_differ(op, scale, zp):
+    from microfit.reference.ops import lut_table
+
+    graph = cases.lut_graph(np.random.default_rng(0), op, shape=(1, 256), in_scale=scale, in_zp=zp)
+    assert (lut_table(op, scale, zp, "double") != lut_table(op, scale, zp, "litert")).any()
+    every_value = np.arange(-128, 128, dtype=np.int8).reshape(1, 256)
+    assert_equal_everywhere(graph, every_value)

@@ -181,3 +181,24 @@ def softmax_graph(rng, *, depth=10, in_scale=None, beta=1.0) -> Graph:
     tensors = {"x": Tensor("x", (1, depth), "int8", None, _act_q(rng, s)),
                "y": Tensor("y", (1, depth), "int8", None, qp(1 / 256, -128))}
     return Graph(tensors, [Node("sm", "SOFTMAX", ["x"], ["y"], {"beta": beta})], ["x"], ["y"])
+
+
+def lut_graph(rng, op: str, *, shape=(1, 4, 5, 3), in_scale=None, in_zp=None) -> Graph:
+    """One LOGISTIC or TANH node; the output has TFLite's fixed int8 quantization."""
+    from microfit.reference.ops import LUT_OUTPUT_QUANT
+
+    s = float(np.exp(rng.uniform(np.log(0.005), np.log(0.2)))) if in_scale is None else in_scale
+    z = int(rng.integers(-128, 128)) if in_zp is None else in_zp
+    out_scale, out_zp = LUT_OUTPUT_QUANT[op]
+    tensors = {"x": Tensor("x", shape, "int8", None, qp(s, z)),
+               "y": Tensor("y", shape, "int8", None, qp(out_scale, out_zp))}
+    return Graph(tensors, [Node("n", op, ["x"], ["y"], {})], ["x"], ["y"])
+
+
+def pad_graph(rng, *, shape=(1, 5, 4, 3), paddings=((0, 0), (1, 2), (0, 3), (2, 1))) -> Graph:
+    """One standalone PAD (fill: the input zero point), output quantized as the input."""
+    q = _act_q(rng, float(rng.uniform(0.01, 0.1)))
+    out = tuple(d + b + a for d, (b, a) in zip(shape, paddings, strict=True))
+    tensors = {"x": Tensor("x", shape, "int8", None, q), "y": Tensor("y", out, "int8", None, q)}
+    return Graph(tensors, [Node("pad", "PAD", ["x"], ["y"], {"paddings": [list(p) for p in paddings]})],
+                 ["x"], ["y"])

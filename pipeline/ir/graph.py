@@ -39,6 +39,11 @@ OPS: tuple[str, ...] = (
     "RESHAPE",
     "ADD",
     "SOFTMAX",
+    "LOGISTIC",
+    "TANH",
+    "PAD",
+    "CONCATENATION",
+    "SLICE",
 )
 
 #: Fused activations, as TFLite names them.

@@ -8,7 +8,8 @@ target wants them and they are exact in float:
 - BatchNormalization after a convolution is folded into its weights and bias;
 - Relu / Clip(0, 6) after a conv, fc or add becomes the producer's fused
   activation;
-- a zero Pad read only by a Conv becomes part of the Conv's pads;
+- a zero Pad read only by a Conv becomes part of the Conv's pads (any other
+  zero Pad is a standalone PAD);
 - Flatten / Reshape from NHWC 4-D to 2-D becomes a RESHAPE view, and the
   FULLY_CONNECTED reading it gets its weight columns permuted from ONNX's
   channel-major order to NHWC order, so the result is unchanged.
@@ -32,6 +33,7 @@ SUPPORTED_ONNX_OPS = (
     "Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool",
     "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Gemm", "MatMul", "Add",
     "Softmax", "Identity", "Dropout", "Constant", "Pad",
+    "Concat", "Split", "Slice", "Transpose", "Sigmoid", "Tanh",
 )
 
 
@@ -252,26 +254,79 @@ class _Importer:
         self._alias(node.output[0], self._act_in(node))
 
     def _op_Pad(self, node) -> None:
-        """Zero padding read only by a Conv folds into the Conv's pads (exact: both add zeros)."""
+        """Constant zero padding: folded into a Conv that alone reads it (exact: both add
+        zeros), otherwise a standalone PAD (int8: filled with the zero point, a real 0)."""
         x = self._act_in(node)
         attrs = self._attrs(node)
         mode = attrs.get("mode", b"constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "constant":
+            raise UnsupportedOpError(
+                f"Pad '{node.name}' uses mode '{mode}'; only constant (zero) padding is supported, "
+                "as TFLite's PAD. Pad with zeros instead (torch.nn.ZeroPad2d, or F.pad with "
+                "mode='constant')")
+        if len(node.input) > 3 and node.input[3]:
+            raise UnsupportedOpError(f"Pad '{node.name}' names its axes (input 'axes'); export "
+                                     "it with pads for every axis (opset 13 style)")
+        for idx, what in ((1, "pads"), (2, "constant_value")):
+            if len(node.input) > idx and node.input[idx] and node.input[idx] not in self.consts:
+                raise UnsupportedOpError(
+                    f"Pad '{node.name}': its {what} come from the run-time tensor "
+                    f"'{node.input[idx]}'; microfit needs them constant. Export with fixed "
+                    "padding sizes (plain ints in F.pad) and constant folding on")
         pads = (self._const(node, 1) if len(node.input) > 1 and node.input[1]
                 else np.array(attrs.get("pads", []))).astype(int).tolist()
         value = (float(np.ravel(self._const(node, 2))[0]) if len(node.input) > 2 and node.input[2]
                  else float(attrs.get("value", 0.0)))
-        reader = self._single_consumer(node.output[0])
-        if len(node.input) > 3 and node.input[3]:
-            raise UnsupportedOpError(f"Pad '{node.name}' with axes is not supported")
-        if (mode != "constant" or value != 0.0 or x.layout != "NHWC" or len(pads) != 8
-                or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0
-                or reader is None or reader.op_type != "Conv"):
+        if value != 0.0:
             raise UnsupportedOpError(
-                f"Pad '{node.name}' (mode {mode}, value {value}, pads {pads}): only zero padding "
-                "of height and width that feeds a Conv is supported (it is folded into the Conv)")
-        # ONNX NCHW pads: [n0, c0, h0, w0, n1, c1, h1, w1] -> (top, left, bottom, right)
-        self.pending_pads[node.output[0]] = (x, [pads[2], pads[3], pads[6], pads[7]])
+                f"Pad '{node.name}' fills with {value}; only 0 is supported (an int8 PAD fills "
+                "with the zero point, i.e. a real 0). Pad with zeros")
+        if min(pads, default=0) < 0:
+            raise UnsupportedOpError(
+                f"Pad '{node.name}' has negative pads {pads} (cropping); crop with a Slice "
+                "instead, or remove the negative padding")
+        rank = len(self.tensors[x.name].shape)
+        if len(pads) != 2 * rank or x.layout not in ("NHWC", "NC"):
+            raise UnsupportedOpError(f"Pad '{node.name}' pads {pads} do not fit its rank-{rank} "
+                                     "input; microfit pads 4-D NCHW feature maps and 2-D "
+                                     "[N, C] tensors")
+        if pads[0] or pads[rank]:
+            raise UnsupportedOpError(f"Pad '{node.name}' pads the batch axis ({pads}); pad only "
+                                     "channels, height or width")
+        reader = self._single_consumer(node.output[0])
+        if (x.layout == "NHWC" and not any(pads[i] for i in (1, 5))
+                and reader is not None and reader.op_type == "Conv"):
+            # ONNX NCHW pads: [n0, c0, h0, w0, n1, c1, h1, w1] -> (top, left, bottom, right)
+            self.pending_pads[node.output[0]] = (x, [pads[2], pads[3], pads[6], pads[7]])
+            return
+        self._standalone_pad(node, x, pads)
+
+    def _standalone_pad(self, node, x: _Act, pads: list[int]) -> None:
+        """A PAD node; ``pads`` in ONNX order (all befores, then all afters)."""
+        if x.flat_from is not None and x.flat_from[0] * x.flat_from[1] > 1:
+            raise UnsupportedOpError(
+                f"Pad '{node.name}' pads a flattened feature map; its element order differs "
+                "between NCHW and NHWC. Pad the feature map before flattening")
+        rank = len(pads) // 2
+        pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
+        if x.layout == "NHWC":
+            pairs = [pairs[0], pairs[2], pairs[3], pairs[1]]  # NCHW -> NHWC
+        shape = tuple(d + b + a for d, (b, a) in zip(self.tensors[x.name].shape, pairs,
+                                                      strict=True))
+        out = self._add_act(node.output[0], shape, x.layout)
+        self._emit("PAD", node, [x.name], out, {"paddings": pairs})
+
+    def _elementwise(self, node, op: str) -> None:
+        x = self._act_in(node)
+        out = self._add_act(node.output[0], self.tensors[x.name].shape, x.layout, x.flat_from)
+        self._emit(op, node, [x.name], out, {})
+
+    def _op_Sigmoid(self, node) -> None:
+        self._elementwise(node, "LOGISTIC")
+
+    def _op_Tanh(self, node) -> None:
+        self._elementwise(node, "TANH")
 
     def _op_Conv(self, node) -> None:
         extra = [0, 0, 0, 0]
@@ -337,8 +392,9 @@ class _Importer:
 
     def _op_BatchNormalization(self, node) -> None:
         raise UnsupportedOpError(
-            f"BatchNormalization '{node.name}' does not follow a convolution, so it cannot be "
-            "folded; put each BatchNorm right after a Conv")
+            f"BatchNormalization '{node.name}' does not follow a convolution or a Linear "
+            "(Gemm/MatMul) read only by it, so it cannot be folded; put each BatchNorm right "
+            "after a Conv or Linear")
 
     def _fuse_standalone_activation(self, node, kind: str) -> None:
         x = self._act_in(node)
@@ -398,14 +454,18 @@ class _Importer:
     def _global_avg(self, node, keepdims: bool) -> None:
         x = self._act_in(node)
         n, h, w, c = self.tensors[x.name].shape
+        attrs = {"filter": [h, w], "stride": [1, 1], "padding": [0, 0, 0, 0], "activation": "NONE"}
         if keepdims:
             out = self._add_act(node.output[0], (n, 1, 1, c), "NHWC")
-        else:
-            out = self._add_act(node.output[0], (n, 1, 1, c), "NC", flat_from=(1, 1, c))
-            self.tensors[out.name].shape = (n, c)
-        self._emit("AVERAGE_POOL_2D", node, [x.name], out,
-                   {"filter": [h, w], "stride": [1, 1], "padding": [0, 0, 0, 0],
-                    "activation": "NONE"})
+            self._emit("AVERAGE_POOL_2D", node, [x.name], out, attrs)
+            return
+        # TFLite's pools need 4-D outputs (a 2-D one makes its kernels read garbage
+        # dimensions): pool to [N, 1, 1, C], then a RESHAPE view drops the 1s.
+        pooled = _Act(self._unique(f"{node.output[0]}_pooled"), "NHWC")
+        self.tensors[pooled.name] = Tensor(pooled.name, (n, 1, 1, c), "float32")
+        self._emit("AVERAGE_POOL_2D", node, [x.name], pooled, attrs)
+        out = self._add_act(node.output[0], (n, c), "NC", flat_from=(1, 1, c))
+        self._emit("RESHAPE", node, [pooled.name], out, {"new_shape": [n, c]})
 
     def _op_GlobalAveragePool(self, node) -> None:
         self._global_avg(node, True)
@@ -432,7 +492,9 @@ class _Importer:
         if len(oshape) != 2 or oshape[0] != n or oshape[1] != h * w * c:
             raise UnsupportedOpError(f"{node.op_type} '{node.name}' reshapes {src} to {oshape}; "
                                      "only flattening a feature map to [N, C*H*W] is supported")
-        out = self._add_act(node.output[0], (n, h * w * c), "NC", flat_from=(h, w, c))
+        # After a layout-change Transpose (NCHW -> NHWC) ONNX flattens in our order already.
+        flat = None if x.layout == "NHWC_T" else (h, w, c)
+        out = self._add_act(node.output[0], (n, h * w * c), "NC", flat_from=flat)
         self._emit("RESHAPE", node, [x.name], out, {"new_shape": [n, h * w * c]})
 
     def _op_Flatten(self, node) -> None:
@@ -450,12 +512,16 @@ class _Importer:
             h, w, c = x.flat_from
             # ONNX column index is c*H*W + h*W + w; ours is (h*W + w)*C + c.
             w_oi = w_oi.reshape(w_oi.shape[0], c, h, w).transpose(0, 2, 3, 1).reshape(w_oi.shape[0], -1)
+        # BatchNorm1d after a Linear folds into it as into a convolution.
+        w_oi, b, onnx_out = self._fold_batchnorm(node.output[0], w_oi, b)
         oshape = self._shape(node.output[0])
         out = self._add_act(node.output[0], oshape, "NC")
         wname = self._add_const(f"{node.name}_weights", w_oi)
         bname = self._add_const(f"{node.name}_bias", b)
         ir = self._emit("FULLY_CONNECTED", node, [x.name, wname, bname], out, {"activation": "NONE"})
-        final = self._try_fuse_activation(node.output[0], ir)
+        if onnx_out != node.output[0]:
+            self._alias(onnx_out, out)
+        final = self._try_fuse_activation(onnx_out, ir)
         self._alias(final, out)
 
     def _op_Gemm(self, node) -> None:
@@ -505,6 +571,143 @@ class _Importer:
                                      "tensor")
         out = self._add_act(node.output[0], self.tensors[x.name].shape, "NC")
         self._emit("SOFTMAX", node, [x.name], out, {"beta": 1.0})
+
+    # -- concatenation, split, slice, layout transposes (issue 4) ---------------
+    def _ir_axis(self, node, x: _Act, axis: int) -> int:
+        """The IR (NHWC) axis of ONNX ``axis`` on ``x``; the batch axis is an error."""
+        rank = len(self.tensors[x.name].shape)
+        ax = axis % rank if -rank <= axis < rank else None
+        ir_axis = None
+        if x.layout == "NHWC" and ax is not None:
+            ir_axis = {1: 3, 2: 1, 3: 2}.get(ax)
+        elif x.layout == "NC" and ax == 1:
+            if x.flat_from is not None and x.flat_from[0] * x.flat_from[1] > 1:
+                raise UnsupportedOpError(
+                    f"{node.op_type} '{node.name}' acts on a flattened feature map, whose element "
+                    "order differs between NCHW and NHWC; apply it before the flatten")
+            ir_axis = 1
+        if ir_axis is None:
+            raise UnsupportedOpError(
+                f"{node.op_type} '{node.name}' along axis {axis} of a rank-{rank} tensor is not "
+                "supported: only the channel, height or width axis of a feature map, or axis 1 "
+                "of a 2-D tensor (never the batch axis)")
+        return ir_axis
+
+    def _op_Concat(self, node) -> None:
+        """CONCATENATION; a Relu/Clip after it moves into its inputs' producers (exact:
+        relu(cat(a, b)) = cat(relu(a), relu(b))), as TFLite's int8 concat has no activation."""
+        xs = [self._act_in(node, i) for i in range(len(node.input))]
+        if any(x.layout != xs[0].layout for x in xs):
+            raise UnsupportedOpError(f"Concat '{node.name}' mixes feature maps and 2-D tensors")
+        axis = self._ir_axis(node, xs[0], int(self._attrs(node).get("axis", 0)))
+        for x in xs:
+            self._ir_axis(node, x, int(self._attrs(node).get("axis", 0)))
+        shapes = [self.tensors[x.name].shape for x in xs]
+        for s in shapes[1:]:
+            if s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]:
+                raise UnsupportedOpError(f"Concat '{node.name}' joins shapes {shapes} that differ "
+                                         "outside the concatenation axis")
+        oshape = list(shapes[0])
+        oshape[axis] = sum(s[axis] for s in shapes)
+        out = self._add_act(node.output[0], tuple(oshape), xs[0].layout)
+        self._emit("CONCATENATION", node, [x.name for x in xs], out, {"axis": axis})
+        nxt = self._single_consumer(node.output[0])
+        act = None
+        if nxt is not None and nxt.op_type == "Relu":
+            act = "RELU"
+        elif nxt is not None and nxt.op_type == "Clip":
+            act = {(0.0, 6.0): "RELU6", (0.0, float("inf")): "RELU"}.get(self._clip_bounds(nxt))
+        if act is None:
+            return
+        producers = {n.outputs[0]: n for n in self.nodes}
+        for idx, x in enumerate(xs):
+            prod = producers.get(x.name)
+            readers = {id(n) for n in self.consumers.get(node.input[idx], [])}
+            ok = (prod is not None and prod.op in ("CONV_2D", "DEPTHWISE_CONV_2D",
+                                                    "FULLY_CONNECTED", "ADD")
+                  and readers == {id(node)} and node.input[idx] not in
+                  {o.name for o in self.model.graph.output})
+            if ok and prod.attrs.get("activation", "NONE") in ("NONE", act):
+                continue
+            raise UnsupportedOpError(
+                f"{nxt.op_type} '{nxt.name}' after Concat '{node.name}': TFLite's concatenation "
+                f"has no fused activation, and input '{node.input[idx]}' is not the sole output "
+                "of a Conv, Gemm or Add it could move into; apply the activation before the concat")
+        for x in xs:
+            producers[x.name].attrs["activation"] = act
+        self.fused.add(nxt.name)
+        self._alias(nxt.output[0], out)
+
+    def _emit_slice(self, node, x: _Act, onnx_out: str, axis: int, begin: int, size: int) -> None:
+        shape = list(self.tensors[x.name].shape)
+        if begin < 0 or size < 1 or begin + size > shape[axis]:
+            raise UnsupportedOpError(f"{node.op_type} '{node.name}': slice [{begin}, "
+                                     f"{begin + size}) is empty or leaves axis size {shape[axis]}")
+        shape[axis] = size
+        out = self._add_act(onnx_out, tuple(shape), x.layout)
+        self._emit("SLICE", node, [x.name], out, {"axis": axis, "begin": begin, "size": size})
+
+    def _op_Split(self, node) -> None:
+        x = self._act_in(node)
+        attrs = self._attrs(node)
+        onnx_axis = int(attrs.get("axis", 0))
+        axis = self._ir_axis(node, x, onnx_axis)
+        dim = self.tensors[x.name].shape[axis]
+        if len(node.input) > 1 and node.input[1]:
+            sizes = [int(v) for v in self._const(node, 1).reshape(-1)]
+        elif "split" in attrs:
+            sizes = [int(v) for v in attrs["split"]]
+        else:  # equal parts, the last one smaller (opset 18's num_outputs)
+            part = -(-dim // len(node.output))
+            sizes = [min(part, dim - k * part) for k in range(len(node.output))]
+        if len(sizes) != len(node.output) or sum(sizes) != dim:
+            raise UnsupportedOpError(f"Split '{node.name}': sizes {sizes} do not split axis "
+                                     f"{onnx_axis} of size {dim} into {len(node.output)} outputs")
+        begin = 0
+        for out, size in zip(node.output, sizes, strict=True):
+            if out:
+                self._emit_slice(node, x, out, axis, begin, size)
+            begin += size
+
+    def _op_Slice(self, node) -> None:
+        x = self._act_in(node)
+        starts = [int(v) for v in self._const(node, 1).reshape(-1)]
+        ends = [int(v) for v in self._const(node, 2).reshape(-1)]
+        rank = len(self.tensors[x.name].shape)
+        axes = ([int(v) for v in self._const(node, 3).reshape(-1)]
+                if len(node.input) > 3 and node.input[3] else list(range(len(starts))))
+        steps = ([int(v) for v in self._const(node, 4).reshape(-1)]
+                 if len(node.input) > 4 and node.input[4] else [1] * len(starts))
+        onnx_shape = self._shape(node.input[0])
+        cut = [(a % rank, s, e, st) for a, s, e, st in zip(axes, starts, ends, steps, strict=True)
+               if not (st == 1 and s == 0 and e >= onnx_shape[a % rank])]
+        if len(cut) != 1 or cut[0][3] != 1:
+            raise UnsupportedOpError(f"Slice '{node.name}' (axes {axes}, starts {starts}, ends "
+                                     f"{ends}, steps {steps}): only a step-1 slice along one "
+                                     "axis is supported")
+        a, s, e, _ = cut[0]
+        n = onnx_shape[a]
+        s = max(0, min(n, s + n if s < 0 else s))
+        e = max(0, min(n, e + n if e < 0 else e))
+        self._emit_slice(node, x, node.output[0], self._ir_axis(node, x, a), s, e - s)
+
+    def _op_Transpose(self, node) -> None:
+        """A Transpose that only changes layout: identity, or NCHW -> NHWC right before a
+        flatten (the importer's tensors are NHWC already, so it disappears)."""
+        x = self._act_in(node)
+        rank = len(self.tensors[x.name].shape)
+        perm = [int(p) for p in self._attrs(node).get("perm", list(range(rank))[::-1])]
+        if perm == list(range(rank)):
+            self._alias(node.output[0], x)
+            return
+        reader = self._single_consumer(node.output[0])
+        if x.layout == "NHWC" and perm == [0, 2, 3, 1] and reader is not None and \
+                reader.op_type in ("Flatten", "Reshape"):
+            self._alias(node.output[0], _Act(x.name, "NHWC_T"))
+            return
+        raise UnsupportedOpError(
+            f"Transpose '{node.name}' with perm {perm} is not a layout change microfit can absorb "
+            "(only the identity, or NCHW -> NHWC [0, 2, 3, 1] directly before a Flatten/Reshape)")
 
 
 def _remove_dead(graph: Graph) -> None:

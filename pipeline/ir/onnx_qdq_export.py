@@ -174,6 +174,29 @@ class _Builder:
         self.node("Softmax", [self.float_name[n.inputs[0]]], [y], axis=-1)
         return y
 
+    @staticmethod
+    def _nchw_axis(rank: int, axis: int) -> int:
+        """The NCHW axis of an IR (NHWC) axis."""
+        return {3: 1, 1: 2, 2: 3}[axis] if rank == 4 else axis
+
+    def concat(self, n) -> str:
+        y = f"{n.outputs[0]}_concat"
+        rank = len(self.g.tensors[n.outputs[0]].shape)
+        self.node("Concat", [self.float_name[i] for i in n.inputs], [y],
+                  axis=self._nchw_axis(rank, int(n.attrs["axis"])))
+        return y
+
+    def slice(self, n) -> str:
+        a, out = n.attrs, n.outputs[0]
+        rank = len(self.g.tensors[out].shape)
+        begin, end = int(a["begin"]), int(a["begin"]) + int(a["size"])
+        args = [self.init(f"{out}_{k}", np.array([v], np.int64))
+                for k, v in (("starts", begin), ("ends", end),
+                             ("axes", self._nchw_axis(rank, int(a["axis"]))))]
+        y = f"{out}_slice"
+        self.node("Slice", [self.float_name[n.inputs[0]], *args], [y])
+        return y
+
     def build(self, outputs: list[str]):
         h, TP = self.helper, self.TP
         x = self.g.inputs[0]
@@ -189,7 +212,7 @@ class _Builder:
         handlers = {"CONV_2D": self.conv, "DEPTHWISE_CONV_2D": self.conv,
                     "FULLY_CONNECTED": self.fc, "MAX_POOL_2D": self.pool,
                     "AVERAGE_POOL_2D": self.pool, "RESHAPE": self.reshape, "ADD": self.add,
-                    "SOFTMAX": self.softmax}
+                    "SOFTMAX": self.softmax, "CONCATENATION": self.concat, "SLICE": self.slice}
         for n in self.g.nodes:
             if n.op not in handlers:
                 raise UnsupportedOpError(f"QDQ export: op {n.op} ('{n.name}') is not supported")

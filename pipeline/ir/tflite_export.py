@@ -47,6 +47,10 @@ _OP_VERSIONS = {
     "ADD": 2,
     "SOFTMAX": 2,
     "PAD": 2,
+    "LOGISTIC": 2,
+    "TANH": 2,
+    "CONCATENATION": 2,
+    "SLICE": 2,
 }
 
 _DTYPES = {"int8": "INT8", "int32": "INT32", "float32": "FLOAT32", "int64": "INT64"}
@@ -265,6 +269,42 @@ class _Writer:
         o.beta = float(node.attrs.get("beta", 1.0))
         self.add_operator("SOFTMAX", [self.ir_tensor(node.inputs[0])],
                           [self.ir_tensor(node.outputs[0])], "SoftmaxOptions", o)
+
+    def _op_CONCATENATION(self, node: Node) -> None:
+        o = self.s.ConcatenationOptionsT()
+        o.axis = int(node.attrs["axis"])
+        o.fusedActivationFunction = self.s.ActivationFunctionType.NONE
+        self.add_operator("CONCATENATION", [self.ir_tensor(i) for i in node.inputs],
+                          [self.ir_tensor(node.outputs[0])], "ConcatenationOptions", o)
+
+    def _op_SLICE(self, node: Node) -> None:
+        a = node.attrs
+        x = self.g.tensors[node.inputs[0]]
+        out = node.outputs[0]
+        begin = np.zeros(len(x.shape), np.int32)
+        size = np.array(x.shape, np.int32)
+        begin[int(a["axis"])], size[int(a["axis"])] = int(a["begin"]), int(a["size"])
+        bi = self.add_tensor(self.aux_name(f"{out}_begin"), (len(begin),), "int32", begin, None)
+        si = self.add_tensor(self.aux_name(f"{out}_size"), (len(size),), "int32", size, None)
+        self.add_operator("SLICE", [self.ir_tensor(x.name), bi, si], [self.ir_tensor(out)],
+                          "SliceOptions", self.s.SliceOptionsT())
+
+    def _op_LOGISTIC(self, node: Node) -> None:
+        self.add_operator("LOGISTIC", [self.ir_tensor(node.inputs[0])],
+                          [self.ir_tensor(node.outputs[0])])
+
+    def _op_TANH(self, node: Node) -> None:
+        self.add_operator("TANH", [self.ir_tensor(node.inputs[0])],
+                          [self.ir_tensor(node.outputs[0])])
+
+    def _op_PAD(self, node: Node) -> None:
+        """A standalone PAD (int8 PAD fills with the input zero point)."""
+        out = node.outputs[0]
+        paddings = np.array(node.attrs["paddings"], dtype=np.int32)
+        pi = self.add_tensor(self.aux_name(f"{out}_paddings"), paddings.shape, "int32", paddings,
+                             None)
+        self.add_operator("PAD", [self.ir_tensor(node.inputs[0]), pi], [self.ir_tensor(out)],
+                          "PadOptions", self.s.PadOptionsT())
 
     # -- assembly ----------------------------------------------------------------
     def model(self, inputs: list[str], outputs: list[str], description: str):

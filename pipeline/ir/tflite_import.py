@@ -8,8 +8,8 @@ mapping is direct except for:
 - **Padding.** SAME becomes the explicit pads TFLite computes; a PAD (or
   PADV2 padding with the zero point) whose only reader is a convolution is
   folded into that convolution's explicit pads, which is exact: a tap in the
-  padding adds ``(zero_point - zero_point) * w = 0``. Anything else padded is
-  an error.
+  padding adds ``(zero_point - zero_point) * w = 0``. Any other such PAD is a
+  standalone PAD node; PADV2 with another fill value is an error.
 - **Boundaries.** A float model with a QUANTIZE after its input and a
   DEQUANTIZE before its output (TensorFlow's default) loses both: the IR's
   input and output are the int8 tensors, as in every microfit model.
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError, UnsupportedOpError
-from ..reference.ops import output_size, same_padding
+from ..reference.ops import LUT_OUTPUT_QUANT, output_size, same_padding
 from .graph import OPS, Graph, Node, QuantParams, Tensor
 from .tflite_schema import FILE_IDENTIFIER, enum_names, schema
 
@@ -175,19 +175,20 @@ class _Importer:
             if name in ("PAD", "PADV2"):
                 src, dst, pads = self._pad(o, i, name)
                 readers = consumers.get(dst, [])
-                if (dst not in outputs and len(readers) == 1
+                if (dst not in outputs and len(readers) == 1 and pads.shape == (4, 2)
+                        and not pads[3].any()
                         and opnames[readers[0]] in ("CONV_2D", "DEPTHWISE_CONV_2D")
                         and int(ops[readers[0]].inputs[0]) == dst):
-                    pending_pad[dst] = (src, pads)
+                    pending_pad[dst] = (src, [int(pads[1][0]), int(pads[2][0]),
+                                              int(pads[1][1]), int(pads[2][1])])
                     continue
-                raise UnsupportedOpError(
-                    f"operator {i} ({name}): a PAD is supported only as the input of a "
-                    "convolution (it is folded into the convolution's padding)")
+                self._standalone_pad(src, dst, pads, i, name)
+                continue
             handler = getattr(self, f"_op_{name}", None)
             if handler is None:
                 raise UnsupportedOpError(
                     f"operator {i} is {name}, which microfit does not support; supported: "
-                    f"{', '.join(OPS)} (and PAD before a convolution, QUANTIZE/DEQUANTIZE at "
+                    f"{', '.join(OPS)} (and PADV2 filling with the zero point, QUANTIZE/DEQUANTIZE at "
                     "the float boundaries)")
             handler(o, i, pending_pad)
         graph = Graph(self.tensors, self.nodes, [self.tensor(i) for i in inputs],
@@ -202,15 +203,18 @@ class _Importer:
             self._activation(name, -1, "graph boundary")
         return graph
 
-    def _pad(self, o, i: int, name: str) -> tuple[int, int, list[int]]:
+    def _pad(self, o, i: int, name: str) -> tuple[int, int, np.ndarray]:
+        """(input, output, paddings [rank, 2]) of a PAD / PADV2 that fills with the zero point."""
         src, dst = int(o.inputs[0]), int(o.outputs[0])
         pads = self._data(int(o.inputs[1]))
-        if pads is None or pads.shape != (4, 2):
-            raise UnsupportedOpError(f"operator {i} ({name}): paddings must be a constant [4, 2]")
+        rank = len(self.sub.tensors[src].shape)
+        if pads is None or pads.shape != (rank, 2):
+            raise UnsupportedOpError(f"operator {i} ({name}): paddings must be a constant "
+                                     f"[{rank}, 2] tensor")
         pads = pads.astype(int)
-        if pads[0].any() or pads[3].any() or (pads < 0).any():
-            raise UnsupportedOpError(f"operator {i} ({name}): only non-negative spatial padding "
-                                     f"is supported, got {pads.tolist()}")
+        if pads[0].any() or (pads < 0).any():
+            raise UnsupportedOpError(f"operator {i} ({name}): only non-negative padding of the "
+                                     f"non-batch axes is supported, got {pads.tolist()}")
         qi, qo = self._quant(src), self._quant(dst)
         if qi is None or qo is None or qi.to_json() != qo.to_json():
             raise UnsupportedOpError(f"operator {i} ({name}) changes the quantization")
@@ -218,8 +222,38 @@ class _Importer:
             value = self._data(int(o.inputs[2]))
             if value is None or int(np.ravel(value)[0]) != int(qi.zero_point[0]):
                 raise UnsupportedOpError(f"operator {i} (PADV2) pads with a value other than the "
-                                         "zero point (it would not be a convolution's padding)")
-        return src, dst, [int(pads[1][0]), int(pads[2][0]), int(pads[1][1]), int(pads[2][1])]
+                                         "zero point (a real value other than 0); microfit's PAD "
+                                         "fills with zeros")
+        return src, dst, pads
+
+    def _standalone_pad(self, src: int, dst: int, pads: np.ndarray, i: int, name: str) -> None:
+        x, y = self.tensor(src), self.tensor(dst)
+        self._activation(x, i, name)
+        self._activation(y, i, name)
+        want = tuple(int(d + b + a) for d, (b, a) in zip(self.tensors[x].shape, pads, strict=True))
+        if want != self.tensors[y].shape:
+            raise ModelLoadError(f"operator {i} ({name}): output '{y}' is "
+                                 f"{self.tensors[y].shape}, padding gives {want}")
+        self._emit("PAD", [x], [y], {"paddings": pads.tolist()})
+
+    def _lut_op(self, o, i: int, op: str) -> None:
+        x = self.tensor(int(o.inputs[0]))
+        y = self.tensor(int(o.outputs[0]))
+        self._activation(x, i, op)
+        self._activation(y, i, op)
+        scale, zp = LUT_OUTPUT_QUANT[op]
+        q = self.tensors[y].quant
+        if abs(float(q.scale[0]) - scale) > 1e-3 * scale or int(q.zero_point[0]) != zp:
+            raise UnsupportedOpError(
+                f"operator {i} ({op}): output '{y}' has scale {float(q.scale[0])}, zero point "
+                f"{int(q.zero_point[0])}; TFLite's int8 {op} needs {scale}, {zp}")
+        self._emit(op, [x], [y], {})
+
+    def _op_LOGISTIC(self, o, i, pending_pad) -> None:
+        self._lut_op(o, i, "LOGISTIC")
+
+    def _op_TANH(self, o, i, pending_pad) -> None:
+        self._lut_op(o, i, "TANH")
 
     def _fused(self, options, i: int, op: str) -> str:
         act = self.act_names.get(int(getattr(options, "fusedActivationFunction", 0)), "?")
@@ -394,6 +428,105 @@ class _Importer:
         self._activation(y, i, "SOFTMAX")
         beta = float(o.builtinOptions.beta) if o.builtinOptions is not None else 1.0
         self._emit("SOFTMAX", [x], [y], {"beta": beta})
+
+    # -- concatenation and slicing (issue 4) -----------------------------------------
+    def _same_quant(self, names: list[str], i: int, op: str) -> None:
+        first = self.tensors[names[0]].quant.to_json()
+        for t in names[1:]:
+            if self.tensors[t].quant.to_json() != first:
+                raise UnsupportedOpError(
+                    f"operator {i} ({op}): '{t}' is quantized differently from '{names[0]}'; "
+                    "TFLite's int8 kernels need one scale and zero point for all inputs and "
+                    "outputs of this op (its converter arranges that)")
+
+    def _axis(self, axis: int, rank: int, i: int, op: str) -> int:
+        if not -rank <= axis < rank or axis % rank == 0:
+            raise UnsupportedOpError(f"operator {i} ({op}) along axis {axis} of a rank-{rank} "
+                                     "tensor; the batch axis is not supported")
+        return axis % rank
+
+    def _op_CONCATENATION(self, o, i, pending_pad) -> None:
+        xs = [self.tensor(int(t)) for t in o.inputs]
+        y = self.tensor(int(o.outputs[0]))
+        for t in xs + [y]:
+            if self.tensors[t].is_const:
+                raise UnsupportedOpError(f"operator {i} (CONCATENATION) joins the constant '{t}'")
+            self._activation(t, i, "CONCATENATION")
+        self._same_quant(xs + [y], i, "CONCATENATION")
+        opts = o.builtinOptions
+        if opts is not None and self._fused(opts, i, "CONCATENATION") != "NONE":
+            raise UnsupportedOpError(f"operator {i} (CONCATENATION) has a fused activation, "
+                                     "which TFLite's int8 kernels reject")
+        axis = self._axis(int(opts.axis) if opts is not None else 0,
+                          len(self.tensors[y].shape), i, "CONCATENATION")
+        shapes = [self.tensors[t].shape for t in xs]
+        want = list(shapes[0])
+        want[axis] = sum(s[axis] for s in shapes)
+        if tuple(want) != self.tensors[y].shape or any(
+                s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:] for s in shapes):
+            raise ModelLoadError(f"operator {i} (CONCATENATION): shapes {shapes} do not join "
+                                 f"into {self.tensors[y].shape} along axis {axis}")
+        self._emit("CONCATENATION", xs, [y], {"axis": axis})
+
+    def _slices(self, x: str, outs: list[int], axis: int, sizes: list[int], i: int, op: str) -> None:
+        shape = self.tensors[x].shape
+        if sum(sizes) != shape[axis] or min(sizes) < 1:
+            raise ModelLoadError(f"operator {i} ({op}): sizes {sizes} do not split axis {axis} "
+                                 f"of {shape}")
+        begin = 0
+        for t, size in zip(outs, sizes, strict=True):
+            y = self.tensor(t)
+            self._activation(y, i, op)
+            self._same_quant([x, y], i, op)
+            self._emit("SLICE", [x], [y], {"axis": axis, "begin": begin, "size": size})
+            begin += size
+
+    def _const_ints(self, idx: int, i: int, op: str) -> list[int]:
+        data = self._data(idx)
+        if data is None:
+            raise UnsupportedOpError(f"operator {i} ({op}): its axis and sizes must be constants")
+        return [int(v) for v in np.ravel(data)]
+
+    def _op_SPLIT(self, o, i, pending_pad) -> None:
+        x = self.tensor(int(o.inputs[1]))
+        self._activation(x, i, "SPLIT")
+        shape = self.tensors[x].shape
+        axis = self._axis(self._const_ints(int(o.inputs[0]), i, "SPLIT")[0], len(shape), i, "SPLIT")
+        n = len(o.outputs)
+        if shape[axis] % n:
+            raise ModelLoadError(f"operator {i} (SPLIT): {shape[axis]} is not divisible by {n}")
+        self._slices(x, [int(t) for t in o.outputs], axis, [shape[axis] // n] * n, i, "SPLIT")
+
+    def _op_SPLIT_V(self, o, i, pending_pad) -> None:
+        x = self.tensor(int(o.inputs[0]))
+        self._activation(x, i, "SPLIT_V")
+        shape = self.tensors[x].shape
+        sizes = self._const_ints(int(o.inputs[1]), i, "SPLIT_V")
+        axis = self._axis(self._const_ints(int(o.inputs[2]), i, "SPLIT_V")[0], len(shape), i,
+                          "SPLIT_V")
+        if sizes.count(-1) == 1:
+            sizes[sizes.index(-1)] = shape[axis] - (sum(sizes) + 1)
+        self._slices(x, [int(t) for t in o.outputs], axis, sizes, i, "SPLIT_V")
+
+    def _op_SLICE(self, o, i, pending_pad) -> None:
+        x = self.tensor(int(o.inputs[0]))
+        y = self.tensor(int(o.outputs[0]))
+        self._activation(x, i, "SLICE")
+        self._activation(y, i, "SLICE")
+        self._same_quant([x, y], i, "SLICE")
+        shape = self.tensors[x].shape
+        begin = self._const_ints(int(o.inputs[1]), i, "SLICE")
+        size = self._const_ints(int(o.inputs[2]), i, "SLICE")
+        size = [shape[d] - begin[d] if s == -1 else s for d, s in enumerate(size)]
+        cut = [d for d in range(len(shape)) if (begin[d], size[d]) != (0, shape[d])]
+        if len(cut) != 1 or cut[0] == 0:
+            raise UnsupportedOpError(f"operator {i} (SLICE) with begin {begin} and size {size}: "
+                                     "only a slice along one non-batch axis is supported")
+        d = cut[0]
+        if begin[d] < 0 or begin[d] + size[d] > shape[d] or size[d] < 1:
+            raise ModelLoadError(f"operator {i} (SLICE): [{begin[d]}, {begin[d] + size[d]}) "
+                                 f"leaves axis {d} of {shape}")
+        self._emit("SLICE", [x], [y], {"axis": d, "begin": begin[d], "size": size[d]})
 
 
 def import_tflite(path_or_bytes: str | Path | bytes) -> Graph:

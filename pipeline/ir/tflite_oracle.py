@@ -140,7 +140,8 @@ def expose_tensors(model: bytes, tensor_indices: list[int]) -> bytes:
 def compare_with_oracle(graph: Graph, x: np.ndarray, oracle: str, *,
                         reference_graph: Graph | None = None,
                         tflite: bytes | str | Path | None = None,
-                        workdir: str | Path | None = None) -> OracleComparison:
+                        workdir: str | Path | None = None,
+                        reference: dict[str, np.ndarray] | None = None) -> OracleComparison:
     """Compare every layer of ``graph`` on int8 inputs ``x`` with one TFLite interpreter.
 
     By default the interpreter runs microfit's export of ``graph``. With
@@ -148,13 +149,16 @@ def compare_with_oracle(graph: Graph, x: np.ndarray, oracle: str, *,
     instead, with every layer the importer mapped exposed as an output.
     ``reference_graph`` (default: ``graph``) is what the numpy reference runs;
     tests pass a perturbed copy to prove a one-byte change is caught.
+    ``reference`` (every tensor, as ``run_int8(..., keep_all=True)`` returns
+    in the oracle's mode) skips the reference run when the caller has it.
     """
     from ..reference.executor import run_int8
 
     mode = ORACLE_MODES[oracle]
     x = np.ascontiguousarray(x, dtype=np.int8)
     names = layer_tensors(graph)
-    ref = run_int8(reference_graph or graph, x, mode=mode, keep_all=True)
+    ref = reference if reference is not None else run_int8(reference_graph or graph, x, mode=mode,
+                                                           keep_all=True)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / "model.tflite"
         if tflite is None:

@@ -98,6 +98,19 @@ def node_params(graph: Graph, node: Node, mode: str | None = None) -> KernelPara
                                      mode="single" if mode == "single" else "double")
         p.input_offset = -int(in_q.zero_point[0])
         p.output_offset = int(out_q.zero_point[0])
+    elif node.op in ("LOGISTIC", "TANH"):
+        from ..reference import ops
+
+        # The whole op is a 256-entry table, built with the mode's arithmetic
+        # ("litert": LiteRT's float-built table); C looks it up (lut_s8.c).
+        p.extra = {"table": ops.lut_table(node.op, float(in_q.scale[0]), int(in_q.zero_point[0]),
+                                          mode)}
+        p.input_offset = -int(in_q.zero_point[0])
+        p.output_offset = int(out_q.zero_point[0])
+    elif node.op == "PAD":
+        p.input_offset = -int(in_q.zero_point[0])
+        p.output_offset = int(out_q.zero_point[0])
+        p.extra = {"fill": int(in_q.zero_point[0])}  # int8 PAD fills with a real 0
     elif node.op in ("MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE"):
         p.input_offset = -int(in_q.zero_point[0])
         p.output_offset = int(out_q.zero_point[0])

@@ -4,7 +4,8 @@
 - activations: int8, asymmetric, per tensor, ranges calibrated on data;
 - biases: int32 with scale = input scale x weight scale (per channel);
 - ops that TFLite requires to keep their input's scale (max pool, average
-  pool, reshape) share it; SOFTMAX outputs scale 1/256, zero point -128.
+  pool, reshape, pad) share it; SOFTMAX outputs scale 1/256, zero point -128,
+  LOGISTIC and TANH TFLite's fixed 1/256, -128 and 1/128, 0.
 
 Calibration observes every activation tensor of the float graph (post fused
 activation) over the calibration samples with the chosen method (minmax,
@@ -23,11 +24,12 @@ import numpy as np
 from ..errors import QuantizationError
 from ..ir.graph import Graph, Node, QuantParams, Tensor
 from ..reference.float_exec import run_float, run_node_float
+from ..reference.ops import LUT_OUTPUT_QUANT
 from .calibration import CALIBRATION_METHODS, CalibrationOptions, calibrate_ranges
 from .fixedpoint import ROUNDING_MODES, tflite_round
 
 #: Ops whose output must use exactly the input's quantization (TFLite's rule).
-SAME_SCALE_OPS = ("MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE")
+SAME_SCALE_OPS = ("MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SLICE", "PAD")
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 __all__ = ["CALIBRATION_METHODS", "CalibrationOptions", "QuantizeConfig", "quantize",
@@ -143,12 +145,18 @@ def quantize(graph: Graph, calib_x: np.ndarray, config: QuantizeConfig | None = 
               dict(graph.meta))
     qparams: dict[str, QuantParams] = {}
     producers = graph.producers()
+    shared = concat_shared_qparams(graph, ranges)
     for name in graph.activation_tensors():
         node = producers.get(name)
-        if node is not None and node.op in SAME_SCALE_OPS:
+        if name in shared:
+            qparams[name] = shared[name]
+        elif node is not None and node.op in SAME_SCALE_OPS:
             qparams[name] = qparams[node.inputs[0]]
         elif node is not None and node.op == "SOFTMAX":
             qparams[name] = QuantParams(np.array([1.0 / 256.0], np.float32), np.array([-128]))
+        elif node is not None and node.op in LUT_OUTPUT_QUANT:
+            scale, zp = LUT_OUTPUT_QUANT[node.op]  # TFLite's fixed LOGISTIC / TANH output
+            qparams[name] = QuantParams(np.array([scale], np.float32), np.array([zp]))
         else:
             qparams[name] = activation_qparams(*ranges[name])
         t = graph.tensors[name]
@@ -189,6 +197,55 @@ def quantize(graph: Graph, calib_x: np.ndarray, config: QuantizeConfig | None = 
     q.meta["calibration_samples"] = int(len(calib_x))
     q.meta["bias_correction"] = bool(config.bias_correction)
     return q
+
+
+def concat_shared_qparams(graph: Graph, ranges: dict[str, tuple[float, float]]
+                          ) -> dict[str, QuantParams]:
+    """One set of parameters for every tensor tied to a CONCATENATION (TFLite's rule).
+
+    TFLite's int8 CONCATENATION kernels (TFLite Micro's and LiteRT's) refuse
+    inputs whose scale or zero point differ from the output's, and its
+    converter propagates one scale through same-scale ops. So the inputs and
+    output of a concatenation, and everything tied to them by a same-scale op
+    (pool, reshape, slice: output to input), form one group; the group's range
+    is the union of the calibrated ranges of its members that no such op
+    produces (convolution, fc and add outputs, the graph input). Groups
+    without a concatenation keep the usual rule (outputs inherit the input's).
+    """
+    parent: dict[str, str] = {}
+
+    def find(t: str) -> str:
+        while parent.get(t, t) != t:
+            t = parent[t]
+        return t
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+
+    tied = {n.outputs[0]: n for n in graph.nodes if n.op in SAME_SCALE_OPS + ("CONCATENATION",)}
+    for out, n in tied.items():
+        for i in n.inputs if n.op == "CONCATENATION" else n.inputs[:1]:
+            union(out, i)
+    roots = {find(n.outputs[0]) for n in graph.nodes if n.op == "CONCATENATION"}
+    groups: dict[str, list[str]] = {}
+    for t in graph.activation_tensors():
+        if find(t) in roots:
+            groups.setdefault(find(t), []).append(t)
+    producers = graph.producers()
+    result: dict[str, QuantParams] = {}
+    for members in groups.values():
+        soft = [t for t in members if t in producers and producers[t].op == "SOFTMAX"]
+        if soft:
+            raise QuantizationError(
+                f"softmax output '{soft[0]}' feeds a concatenation: its fixed scale 1/256 cannot "
+                "be shared with the other inputs; concatenate before the softmax")
+        free = [ranges[t] for t in members if t not in tied]
+        qp = activation_qparams(min(r[0] for r in free), max(r[1] for r in free))
+        for t in members:
+            result[t] = qp
+    return result
 
 
 def _dequantize_weights(wq: np.ndarray, qp: QuantParams) -> np.ndarray:

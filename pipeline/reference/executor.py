@@ -64,6 +64,14 @@ def run_node_int8(graph: Graph, node: Node, values: dict[str, np.ndarray], mode:
                           act_max=p.act_max, mode=mode)
     if node.op == "SOFTMAX":
         return ops.softmax_s8(x, **p.extra, mode=mode)
+    if node.op in ("LOGISTIC", "TANH"):
+        return ops.lut_s8(x, p.extra["table"])  # the table already follows the mode
+    if node.op == "PAD":
+        return ops.pad_s8(x, a["paddings"], p.extra["fill"])
+    if node.op == "CONCATENATION":
+        return ops.concatenation_s8([values[i] for i in node.inputs], axis=int(a["axis"]))
+    if node.op == "SLICE":
+        return ops.slice_s8(x, int(a["axis"]), int(a["begin"]), int(a["size"]))
     raise UnsupportedOpError(f"integer reference has no kernel for {node.op} ('{node.name}')")
 
 

@@ -85,6 +85,18 @@ def run_node_float(node: Node, graph: Graph, values: dict[str, np.ndarray]) -> n
     elif node.op == "SOFTMAX":
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         y = e / e.sum(axis=-1, keepdims=True)
+    elif node.op == "LOGISTIC":
+        y = 1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))
+    elif node.op == "TANH":
+        y = np.tanh(x)
+    elif node.op == "PAD":
+        y = np.pad(x, [tuple(p) for p in node.attrs["paddings"]], constant_values=0.0)
+    elif node.op == "CONCATENATION":
+        y = np.concatenate([values[i] for i in node.inputs], axis=int(node.attrs["axis"]))
+    elif node.op == "SLICE":
+        a = node.attrs
+        y = np.take(x, np.arange(int(a["begin"]), int(a["begin"]) + int(a["size"])),
+                    axis=int(a["axis"]))
     else:
         raise UnsupportedOpError(f"float executor: op {node.op} ('{node.name}') not supported")
     return _activation(y, act)

@@ -553,3 +553,263 @@ def softmax_s8(x: np.ndarray, *, input_multiplier: int, input_left_shift: int, d
     q = np.where(exponent > 31, 0, rounding_divide_by_pot(prob, np.minimum(exponent, 31)))
     return np.where(counted, np.clip(q - 128, -128, 127), -128).astype(np.int8)
 
+
+
+# ----------------------------------------------------------------------------
+# concatenation and slicing: byte copies (issue 4; C: concatenation_s8.c, slice_s8.c)
+
+
+def concatenation_s8(xs: Sequence[np.ndarray], axis: int) -> np.ndarray:
+    """Concatenation as TFLite's int8 CONCATENATION; C: mf_concatenation_s8.
+
+    TFLite's int8 kernels (TFLite Micro and LiteRT alike) reject inputs whose
+    scale or zero point differ from the output's, so the op is a pure copy:
+    the quantizer gives every input and the output one set of parameters.
+    ``axis`` is an index into the (batched) arrays' shape, >= 1.
+    """
+    xs = [_int8(f"input {i}", x) for i, x in enumerate(xs)]
+    if not xs:
+        raise ValueError("concatenation_s8 needs at least one input")
+    rank = xs[0].ndim
+    if not 1 <= axis < rank:
+        raise ValueError(f"concatenation axis must be in [1, {rank - 1}], got {axis}")
+    for i, x in enumerate(xs):
+        if x.ndim != rank or x.shape[:axis] != xs[0].shape[:axis] or \
+                x.shape[axis + 1:] != xs[0].shape[axis + 1:]:
+            raise ValueError(f"input {i} has shape {x.shape}, incompatible with {xs[0].shape} "
+                             f"outside axis {axis}")
+    return np.concatenate(xs, axis=axis)
+
+
+def slice_s8(x: np.ndarray, axis: int, begin: int, size: int) -> np.ndarray:
+    """``size`` entries from ``begin`` along one axis, as TFLite's SLICE; C: mf_slice_s8.
+
+    A copy: TFLite's converter gives SLICE (and SPLIT / SPLIT_V) outputs their
+    input's quantization. ``axis`` indexes the batched array's shape, >= 1.
+    """
+    x = _int8("x", x)
+    if not 1 <= axis < x.ndim:
+        raise ValueError(f"slice axis must be in [1, {x.ndim - 1}], got {axis}")
+    if begin < 0 or size < 1 or begin + size > x.shape[axis]:
+        raise ValueError(f"slice [{begin}, {begin + size}) leaves axis {axis} of shape {x.shape}")
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(begin, begin + size)
+    return np.ascontiguousarray(x[tuple(index)])
+
+
+# ----------------------------------------------------------------------------
+# LOGISTIC and TANH (int8 -> int8 through a 256-entry table; C: lut_s8.c) and
+# PAD (C: pad_s8.c)
+#
+# An elementwise int8 op has only 256 possible inputs, so its whole behaviour
+# is a table: the reference builds it once per node (what TFLite computes in
+# Prepare plus what its Eval computes for every input value), the C kernel
+# looks bytes up in it. Which table depends on the interpreter:
+#
+# - "double" / "single": TFLite Micro's reference_integer_ops::Logistic/Tanh.
+#   The input, minus its zero point, is rescaled into Q4.27 by a multiplier of
+#   ``float(scale) * 2^27`` (frexp + round, no QuantizeMultiplier clamping) with
+#   MultiplyByQuantizedMultiplier (the mode's rounding), then gemmlowp's
+#   fixed-point logistic / tanh, then a rounding shift to the fixed output
+#   quantization. Inputs at or beyond the "input range radius" saturate.
+# - "litert": LiteRT's reference kernels fill the table in Prepare from float32
+#   arithmetic (LUTPopulate: dequantize in float32, 1 / (1 + expf(-x)) or
+#   tanhf, round half away from zero). See :func:`_float_lut`.
+
+LUT_INPUT_INTEGER_BITS = 4  # LOGISTIC and TANH rescale the input into Q4.27
+LUT_OPS = ("LOGISTIC", "TANH")
+#: TFLite's fixed int8 output quantization: (scale, zero_point).
+LUT_OUTPUT_QUANT = {"LOGISTIC": (1.0 / 256.0, -128), "TANH": (1.0 / 128.0, 0)}
+
+
+def _exp_on_negative_values_bits(a: np.ndarray, integer_bits: int) -> np.ndarray:
+    """gemmlowp's exp_on_negative_values for a Q(integer_bits).(31-integer_bits) input, Q0.31 out.
+
+    The barrel shifter applies exp(-2^k) only for k < integer_bits (so 4 integer
+    bits stop at exp(-8)); _exp_on_negative_values is the 5-bit case.
+    """
+    frac_bits = 31 - integer_bits
+    quarter = 1 << (frac_bits - 2)
+    r = (a & (quarter - 1)) - quarter
+    q = r - a
+    result = _exp_on_quarter_interval(_sat_shift_left(r, integer_bits))
+    for k, factor in enumerate(_EXP_MINUS_POW2):
+        if integer_bits > k - 2:
+            result = np.where(q & (1 << (frac_bits - 2 + k)), _mul(result, factor), result)
+    return np.where(a == 0, INT32_MAX, result)
+
+
+def _rounding_half_sum(a: np.ndarray, b: int) -> np.ndarray:
+    total = a + b
+    return np.where(total >= 0, (total + 1) // 2, -((-total + 1) // 2))
+
+
+def _one_minus_x_over_one_plus_x(a: np.ndarray) -> np.ndarray:
+    """(1 - a) / (1 + a) for a in [0, 1], Q0.31: gemmlowp's Newton-Raphson in Q2.29."""
+    half_denominator = _rounding_half_sum(a, INT32_MAX)
+    x = _FORTY_EIGHT_17THS + _mul(half_denominator, _MINUS_THIRTY_TWO_17THS)
+    for _ in range(3):
+        error = (1 << 29) - _mul(half_denominator, x)
+        x = x + _sat_shift_left(_mul(x, error), 2)
+    return _sat_shift_left(x - (1 << 29), 2)
+
+
+def fixed_point_logistic(a) -> np.ndarray:
+    """gemmlowp's logistic of Q4.27 raw values, Q0.31 raw results (vectorised)."""
+    a = np.asarray(a, dtype=np.int64)
+    positive = a > 0
+    magnitude = np.where(positive, a, -a)
+    exp_neg = _exp_on_negative_values_bits(-magnitude, LUT_INPUT_INTEGER_BITS)
+    if_positive = _one_over_one_plus_x(exp_neg)
+    result = np.where(positive, if_positive, INT32_MAX - if_positive)
+    return np.where(a == 0, 1 << 30, result)
+
+
+def fixed_point_tanh(a) -> np.ndarray:
+    """gemmlowp's tanh of Q4.27 raw values, Q0.31 raw results (vectorised).
+
+    tanh(|a|) = (1 - exp(-2|a|)) / (1 + exp(-2|a|)); the doubling is a change of
+    format (the same raw value read as Q5.26), so exp runs with 5 integer bits.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    negative = a < 0
+    n = np.where(negative, a, -a)  # -|a|
+    t = _one_minus_x_over_one_plus_x(_exp_on_negative_values_bits(n, LUT_INPUT_INTEGER_BITS + 1))
+    return np.where(a == 0, 0, np.where(negative, -t, t))
+
+
+def lut_input_params(input_scale: float) -> dict[str, int]:
+    """TFLite Micro's Prepare of int8 LOGISTIC / TANH: Q4.27 input multiplier, shift, radius.
+
+    The multiplier is ``frexp(float32(scale) * 2^27)`` rounded to 31 bits (exact:
+    a float32 mantissa has 24 bits). ``input_range_radius`` is the largest
+    ``|input - zero_point|`` that does not saturate the rescaled input.
+    """
+    import math
+
+    scale = float(np.float32(input_scale))
+    if not scale > 0:
+        raise ValueError(f"LOGISTIC/TANH need an input scale > 0, got {input_scale}")
+    q, shift = math.frexp(scale * (1 << (31 - LUT_INPUT_INTEGER_BITS)))
+    if shift < 0:
+        raise ValueError(f"LOGISTIC/TANH input scale {scale} is below 2^-28; TFLite's fixed-point "
+                         "rescaling cannot represent it (requantize the input to a coarser scale)")
+    multiplier = int(tflite_round_half_away(q * (1 << 31)))
+    max_rescaled = ((1 << LUT_INPUT_INTEGER_BITS) - 1) << (31 - LUT_INPUT_INTEGER_BITS)
+    return {"input_multiplier": multiplier, "input_left_shift": shift,
+            "input_range_radius": max_rescaled >> shift}
+
+
+def tflite_round_half_away(v: float) -> float:
+    """C's round() on a double: half away from zero."""
+    import math
+
+    return math.copysign(math.floor(abs(v) + 0.5), v)
+
+
+_LIBM: dict[str, object] = {}
+
+
+def _libm_float32(name: str):
+    """The C library's float32 function ``name`` (expf, tanhf) through ctypes, or None."""
+    if name not in _LIBM:
+        import ctypes
+        import ctypes.util
+
+        fn = None
+        path = ctypes.util.find_library("m")
+        if path is not None:
+            try:
+                fn = getattr(ctypes.CDLL(path), name)
+                fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+            except (OSError, AttributeError):
+                fn = None
+        _LIBM[name] = fn
+    return _LIBM[name]
+
+
+def _float_lut(op: str, input_scale: float, input_zero_point: int) -> np.ndarray:
+    """LiteRT's LUTPopulate<int8_t> for LOGISTIC / TANH, in float32 as its Prepare computes.
+
+    LiteRT calls the C library's ``expf`` / ``tanhf`` (glibc's on Linux, which
+    are not always correctly rounded: tanhf is off by one ulp now and then,
+    and an output then lands on the other side of a rounding tie), so this
+    calls the same functions through ctypes. Where no C math library can be
+    loaded, correctly rounded float32 values stand in.
+    """
+    out_scale, out_zp = LUT_OUTPUT_QUANT[op]
+    v = np.arange(-128, 128, dtype=np.int64)
+    deq = np.float32(input_scale) * (v - int(input_zero_point)).astype(np.float32)
+    fn = _libm_float32("expf" if op == "LOGISTIC" else "tanhf")
+    arg = -deq if op == "LOGISTIC" else deq
+    with np.errstate(over="ignore"):
+        if fn is not None:
+            f = np.array([fn(float(a)) for a in arg], dtype=np.float32)
+        else:
+            f = (np.exp(arg.astype(np.float64)) if op == "LOGISTIC"
+                 else np.tanh(arg.astype(np.float64))).astype(np.float32)
+    y = np.float32(1.0) / (np.float32(1.0) + f) if op == "LOGISTIC" else f
+    inverse = np.float32(1.0) / np.float32(out_scale)
+    r = (y * inverse).astype(np.float64)
+    q = np.sign(r) * np.floor(np.abs(r) + 0.5) + out_zp
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def lut_table(op: str, input_scale: float, input_zero_point: int,
+              mode: str = "double") -> np.ndarray:
+    """The 256 int8 outputs of an int8 LOGISTIC or TANH, indexed by ``input + 128``.
+
+    ``mode`` is ``"double"`` or ``"single"`` (TFLite Micro's fixed point with that
+    requantization rounding) or ``"litert"`` (LiteRT's float-built table).
+    """
+    if op not in LUT_OPS:
+        raise ValueError(f"lut_table builds LOGISTIC or TANH tables, not {op!r}")
+    if not -128 <= int(input_zero_point) <= 127:
+        raise ValueError(f"input zero point must be int8, got {input_zero_point}")
+    if mode == "litert":
+        return _float_lut(op, input_scale, input_zero_point)
+    _check_mode(mode)
+    p = lut_input_params(input_scale)
+    if mode == "single" and p["input_left_shift"] > 30:
+        raise ValueError(f"LOGISTIC/TANH input scale {input_scale} is too large for single "
+                         "rounding (shift > 30); TFLite's single-rounding multiply rejects it")
+    x = np.arange(-128, 128, dtype=np.int64) - int(input_zero_point)
+    radius = p["input_range_radius"]
+    inside = (x > -radius) & (x < radius)
+    rescaled = multiply_by_quantized_multiplier(np.where(inside, x, 0), p["input_multiplier"],
+                                                p["input_left_shift"], mode)
+    if op == "LOGISTIC":
+        y = rounding_divide_by_pot(fixed_point_logistic(rescaled), 31 - 8) - 128
+    else:
+        y = rounding_divide_by_pot(fixed_point_tanh(rescaled), 31 - 7)
+    y = np.where(inside, y, np.where(x > 0, 127, -128))
+    return np.clip(y, -128, 127).astype(np.int8)
+
+
+def lut_s8(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[x + 128]`` for every int8 ``x``; C: mf_lut_s8 (LOGISTIC, TANH)."""
+    x = _int8("x", x)
+    table = np.asarray(table)
+    if table.shape != (256,) or table.dtype != np.int8:
+        raise ValueError(f"table must be int8 of shape (256,), got {table.dtype} {table.shape}")
+    return table[x.astype(np.int64) + 128]
+
+
+def pad_s8(x: np.ndarray, paddings: Sequence[Sequence[int]], fill: int) -> np.ndarray:
+    """Constant padding as TFLite's int8 PAD / PADV2; C: mf_pad_s8.
+
+    ``paddings`` holds (before, after) per axis of the batched array, the batch
+    axis unpadded; ``fill`` is the input zero point (a real 0), or PADV2's value.
+    """
+    x = _int8("x", x)
+    pads = [tuple(int(v) for v in p) for p in paddings]
+    if len(pads) != x.ndim or any(len(p) != 2 for p in pads):
+        raise ValueError(f"paddings must give (before, after) for each of {x.ndim} axes, got "
+                         f"{paddings!r}")
+    if any(v < 0 for p in pads for v in p):
+        raise ValueError(f"paddings must be >= 0, got {pads}")
+    if pads[0] != (0, 0):
+        raise ValueError(f"the batch axis cannot be padded, got {pads[0]}")
+    if not -128 <= int(fill) <= 127:
+        raise ValueError(f"fill must be an int8 value, got {fill}")
+    return np.pad(x, pads, constant_values=np.int8(fill))
