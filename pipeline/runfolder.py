@@ -11,6 +11,7 @@ fixed names, so any stage can be re-run alone and every artifact inspected.
     prune_plan.json     kept channel indices per pruned layer
     prune.json          MACs, params and accuracy before and after pruning
     float.onnx          ONNX export of the pruned model
+    qat.pt, qat.onnx    the pruned model after quantization-aware fine-tuning (quantize --qat)
     quant.json/.npz     the int8 IR (structure + constants)
     quantize.json       calibration, int8 reference accuracy
     generated/          model.h, model.c, model_weights.c, memory_plan.json
