@@ -217,3 +217,37 @@ def test_digits_cnn_pruned_to_fit_runs_on_the_uno_with_full_agreement(tmp_path):
     assert result["counter_kind"] == "cycles" and result["port"] == "simavr"
     assert 0 < result["stack_peak_bytes"] <= build["stack_bytes"]
     assert result["counter_stats"]["median"] > result["macs"]  # >= 1 cycle per MAC
+
+
+@needs_simavr
+def test_generated_model_hash_stays_in_flash_and_the_uno_reports_it(tmp_path):
+    """model_hash is PROGMEM like the weights (no RAM on the Uno) and INFO still carries it:
+    the firmware reads it with memcpy_P, and the output bytes equal the reference."""
+    import subprocess
+
+    from tflite_cases import conv_graph
+
+    from microfit.codegen.generate import generate
+    from microfit.reference.executor import run_int8
+
+    q = conv_graph(np.random.default_rng(3), h=6, w=6, cin=2, cout=4, act="RELU")
+    gen = generate(q, tmp_path / "gen", board_name="simavr-uno")
+    assert "model_hash[8] MF_CONST = {" in (gen.out_dir / "model.c").read_text()
+    board = load_board("simavr-uno")
+    build = build_firmware(render_project(board, gen.out_dir, tmp_path / "fw"), board)
+    nm = subprocess.run(["avr-nm", str(build.elf)], capture_output=True, text=True, check=True)
+    addr = int(next(ln.split()[0] for ln in nm.stdout.splitlines() if ln.endswith(" model_hash")), 16)
+    assert addr < 0x800000, f"model_hash at 0x{addr:x}: in RAM (0x800000+), not in flash"
+    xq = np.random.default_rng(4).integers(-128, 128, (3, *q.tensors[q.inputs[0]].shape[1:]),
+                                           dtype=np.int8)
+    session = SimavrSession(board, build.elf)
+    client = DeviceClient(session.start(), timeout=5.0)
+    try:
+        info = client.hello(expected_hash=gen.model_hash)
+        assert info.model_hash == gen.model_hash
+        result = validate(client, xq.reshape(3, -1), expected=run_int8(q, xq).reshape(3, -1),
+                          progress=False)
+        assert result.agreement == 1.0
+    finally:
+        client.close()
+        session.close()

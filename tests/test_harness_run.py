@@ -88,7 +88,11 @@ def check_report(tiny_run: RunFolder) -> None:
     """report.json's schema, the plots, and re-rendering from report.json."""
     assert main(["-q", "report", str(tiny_run.path)]) == 0
     rep = tiny_run.read_json("report.json")
-    assert rep["schema"] == 2
+    assert rep["schema"] == 3
+    # The arena beside its bound, all tensors, and TFLite Micro's arena (or why not).
+    mem = rep["memory"]
+    assert mem["arena_lower_bound"] <= mem["arena"] <= mem["sum_of_tensors"]
+    assert mem["tflm_arena"]["head"] is not None or mem["tflm_arena"]["reason"]
     dev = rep["device"]
     for key in ("agreement", "per_inference", "latency_us", "throughput", "link", "layers",
                 "confusion", "per_class_accuracy", "clock_hz"):

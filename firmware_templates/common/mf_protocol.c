@@ -27,10 +27,16 @@
 
 #define NAME_MAX_LEN 32u
 
-/* Copy from the model's constant data (its hash). Boards that keep
- * constants in a separate program memory (AVR) define it as memcpy_P. */
+/* Copy from the model's constant data (its hash). A generated model keeps
+ * model_hash in flash like its weights (MF_CONST: PROGMEM on AVR) and says so
+ * with MODEL_HASH_MF_CONST; mf_platform.h then reads it (memcpy_P on AVR). A
+ * hand-written model without that define keeps a plain const array. */
 #ifndef MF_CONST_MEMCPY
+#ifdef MODEL_HASH_MF_CONST
+#define MF_CONST_MEMCPY MF_LD_BYTES
+#else
 #define MF_CONST_MEMCPY memcpy
+#endif
 #endif
 
 /* How many layers the timing table holds: one per node of a generated

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..runfolder import RunFolder
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 COUNTER_NOTE = {
     "instructions": ("QEMU counts executed instructions (-icount shift=0), not cycles: "
@@ -122,11 +122,16 @@ def build_report(run: RunFolder) -> dict[str, Any]:
             "model_hash": val.get("model_hash"),
         }
     memory = {}
-    if build:
+    if build or gen:
         memory = {
             "flash_used": build.get("flash_bytes"), "flash_limit": build.get("flash_limit"),
             "ram_used": build.get("ram_bytes"), "ram_limit": build.get("ram_limit"),
             "arena": gen.get("arena_size"), "arena_lower_bound": gen.get("arena_lower_bound"),
+            "sum_of_tensors": gen.get("sum_of_tensors"),
+            # Measured at generate time (codegen.tflm): a generate.json without it predates it.
+            "tflm_arena": gen.get("tflm_arena") or {
+                "head": None, "total": None, "host": None, "tflite_micro": None,
+                "reason": "not measured: generate.json predates it; re-run `microfit generate`"},
             "weights": gen.get("weight_bytes"),
         }
     return {
@@ -141,6 +146,7 @@ def build_report(run: RunFolder) -> dict[str, Any]:
         "pruning": {k: prune.get(k) for k in ("target_mac_ratio", "mac_ratio", "finetune_epochs")}
         if prune else {},
         "sweep": (sweep or {}).get("points") or [],
+        "weight_storage": gen.get("sparse_layers") or [],
         "plots": {},
     }
 
@@ -221,6 +227,27 @@ def _device_lines(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _tflm_text(t: dict[str, Any] | None) -> str:
+    """TFLite Micro's arena for the same .tflite, or why there is no number."""
+    if not t:
+        return "not measured"
+    if t.get("head") is None:
+        return f"no figure: {t.get('reason') or 'not measured'}"
+    return (f"{_fmt_int(t['head'])} B of activations (its arena head), {_fmt_int(t.get('total'))} B "
+            f"with the interpreter's own structures; its interpreter ran on the generating host "
+            f"({t.get('host')}), whose pointers make those structures larger than on a "
+            f"32-bit MCU")
+
+
+def _arena_lines(m: dict[str, Any]) -> list[str]:
+    """The arena beside its lower bound, the sum of all tensors and TFLite Micro's arena."""
+    return [f"- arena: {_fmt_int(m.get('arena'))} B; lower bound {_fmt_int(m.get('arena_lower_bound'))} B "
+            f"(the most bytes alive at one step); sum of all tensors "
+            f"{_fmt_int(m.get('sum_of_tensors'))} B (no reuse)",
+            f"- TFLite Micro, same model as .tflite: {_tflm_text(m.get('tflm_arena'))}",
+            f"- weights and constants: {_fmt_int(m.get('weights'))} B"]
+
+
 def render_markdown(rep: dict[str, Any]) -> str:
     """report.md from report.json's content."""
     lines = [f"# microfit report: {rep['run']}", ""]
@@ -236,12 +263,18 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines += _device_lines(d)
     m = rep.get("memory") or {}
     if m:
-        lines += ["", "## Memory", "",
-                  f"- flash: {_kb(m.get('flash_used'))} of {_kb(m.get('flash_limit'))}",
-                  f"- RAM: {_kb(m.get('ram_used'))} of {_kb(m.get('ram_limit'))}",
-                  f"- arena: {_fmt_int(m.get('arena'))} B (lower bound "
-                  f"{_fmt_int(m.get('arena_lower_bound'))} B); weights and constants "
-                  f"{_fmt_int(m.get('weights'))} B"]
+        lines += ["", "## Memory", ""]
+        if m.get("flash_used") is not None or m.get("ram_used") is not None:
+            lines += [f"- flash: {_kb(m.get('flash_used'))} of {_kb(m.get('flash_limit'))}",
+                      f"- RAM: {_kb(m.get('ram_used'))} of {_kb(m.get('ram_limit'))}"]
+        lines += _arena_lines(m)
+    storage = rep.get("weight_storage") or []
+    if storage:
+        # Per layer: the format codegen stored, in bytes (weights + indices), and why.
+        lines += ["", "## Weight storage", "", "| layer | stored as | bytes | dense bytes | why |",
+                  "|---|---|---:|---:|---|"]
+        lines += [f"| {r['layer']} | {r['format']} | {_fmt_int(r['bytes_chosen'])} | "
+                  f"{_fmt_int(r['bytes_dense'])} | {r['reason']} |" for r in storage]
     plots = rep.get("plots") or {}
     if plots:
         lines += ["", "## Plots", ""]
@@ -298,7 +331,10 @@ def print_summary(rep: dict[str, Any], console: Any = None) -> None:
     if m:
         console.print(f"flash {_kb(m.get('flash_used'))} / {_kb(m.get('flash_limit'))}, "
                       f"RAM {_kb(m.get('ram_used'))} / {_kb(m.get('ram_limit'))}, arena "
-                      f"{_fmt_int(m.get('arena'))} B (lower bound {_fmt_int(m.get('arena_lower_bound'))} B)")
+                      f"{_fmt_int(m.get('arena'))} B (lower bound {_fmt_int(m.get('arena_lower_bound'))} B, "
+                      f"all tensors {_fmt_int(m.get('sum_of_tensors'))} B, TFLite Micro's "
+                      + (f"{_fmt_int(m['tflm_arena']['head'])} B on {m['tflm_arena'].get('host')})"
+                         if (m.get("tflm_arena") or {}).get("head") is not None else "-)"))
     if d:
         per = d.get("per_inference") or {}
         kind = d.get("counter_kind")

@@ -28,11 +28,14 @@
 #define MF_LD_S32(ptr) ((int32_t)pgm_read_dword(ptr))
 /* Copy a params struct out of flash into a local of the same type. */
 #define MF_LD_PARAMS(dst, src) memcpy_P((dst), (src), sizeof *(dst))
+/* Copy n bytes of constants (e.g. model_hash) out of flash into RAM. */
+#define MF_LD_BYTES(dst, src, n) memcpy_P((dst), (src), (n))
 #else
 #define MF_CONST
 #define MF_LD_S8(ptr) (*(ptr))
 #define MF_LD_S32(ptr) (*(ptr))
 #define MF_LD_PARAMS(dst, src) (*(dst) = *(src))
+#define MF_LD_BYTES(dst, src, n) memcpy((dst), (src), (n))
 #endif
 
 #endif /* MF_PLATFORM_H */
