@@ -20,17 +20,45 @@ size differs on a 32-bit MCU).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
 import re
 import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .common import BenchResult
+from .common import RESULTS, BenchResult, _fmt
+
+LAYER_COLS = ["model", "layer", "op", "shape", "MACs", "M4 portable", "per MAC (M4 portable)",
+              "M4 fast", "per MAC (M4 fast)", "M3 fast", "per MAC (M3 fast)"]
+
+
+@dataclass
+class RuntimeResult(BenchResult):
+    """The per-model table, then a per-layer table (instructions of each path)."""
+
+    layers: list[dict] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        head = "| " + " | ".join(LAYER_COLS) + " |"
+        sep = "|" + "|".join("---" for _ in LAYER_COLS) + "|"
+        body = ["| " + " | ".join(_fmt(r.get(c)) for c in LAYER_COLS) + " |" for r in self.layers]
+        return (super().markdown() + "\n### Per layer (instructions; each figure includes ~3 "
+                "instructions of the measuring hooks)\n\n" + "\n".join([head, sep, *body]) + "\n")
+
+    def write(self, out_dir: Path = RESULTS) -> Path:
+        path = super().write(out_dir)
+        data = json.loads((out_dir / f"{self.name}.json").read_text())
+        data["layers"] = self.layers
+        (out_dir / f"{self.name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        path.write_text(self.markdown())
+        return path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 BOARDS = {"M3": "qemu-mps2-an385", "M4": "qemu-mps2-an386"}
@@ -117,7 +145,7 @@ def run(quick: bool = False) -> BenchResult:
     from microfit.icount import measure_model
     from microfit.reference.executor import run_int8
 
-    rows, layer_rows, notes = [], [], []
+    rows, layer_rows, notes, all_layers = [], [], [], []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for name, (factory, shape) in _models(quick).items():
@@ -127,6 +155,7 @@ def run(quick: bool = False) -> BenchResult:
             ref = run_int8(q, xq).reshape(len(xq), -1)
             macs = q.macs()
             tflm = tflm_arena(q)
+            per_layer: dict[str, list[dict]] = {}
             for kernels in ("portable", "fast"):
                 gen = generate(q, work / kernels, kernels=kernels)
                 for core, board in BOARDS.items():
@@ -150,10 +179,24 @@ def run(quick: bool = False) -> BenchResult:
                         "runtime code B": size.runtime_code, "model code B": size.model_code,
                         "weights B": size.weights,
                     })
-                    if kernels == "fast" and core == "M4" and count.per_layer:
-                        layer_rows += _layers(name, q, count.per_layer)
+                    if count.per_layer:
+                        per_layer[f"{core} {kernels}"] = _layers(name, q, count.per_layer)
+                    if kernels == "fast" and core == "M4":
+                        notes.append(f"{name}: runtime code on the M4 by object (bytes): "
+                                     + ", ".join(f"{k} {v:,}" for k, v in
+                                                 size.runtime_functions().items()))
             notes.append(f"{name}: input {list(q.tensors[q.inputs[0]].shape)}, {macs:,} MACs, "
                          f"{len(q.nodes)} nodes")
+            fast = per_layer.get("M4 fast", [])
+            layer_rows += fast
+            for i, r in enumerate(fast):
+                row = {k: r[k] for k in ("model", "layer", "op", "shape", "MACs")}
+                for key in ("M4 portable", "M4 fast", "M3 fast"):
+                    if key in per_layer:
+                        n = per_layer[key][i]["instructions"]
+                        row[key] = n
+                        row[f"per MAC ({key})"] = n / r["MACs"] if r["MACs"] else None
+                all_layers.append(row)
     worst = sorted((r for r in layer_rows if r["MACs"]), key=lambda r: -r["per MAC"])[:8]
     notes.append("worst layers of the fast path on the M4 (instructions per MAC; each layer "
                  "figure includes ~3 instructions of the measuring hooks):")
@@ -164,13 +207,21 @@ def run(quick: bool = False) -> BenchResult:
               "instructions" for r in heavy]
     notes.append("instructions are exact counts of executed instructions (QEMU TCG plugin), "
                  "not cycles; counts include model_invoke and every kernel it calls")
+    notes.append("arena: ours (the fast one includes im2col scratch) beside its lower bound (the "
+                 "largest total of buffers alive at one step) and the sum of all tensors; TFLM "
+                 "arena head/total: the tflite-micro wheel's interpreter on our .tflite of the "
+                 f"same graph, run on this {platform.machine()} 64-bit host (head = activation "
+                 "plan; total adds interpreter data, smaller on a 32-bit MCU); TFLM arena (M4, "
+                 "issue): the issue's firmware figures")
+    notes.append("runtime code B: kernels' .text + .rodata linked with --gc-sections, -O2 "
+                 "(libc memcpy/memset not included); weights B: model_weights.c")
     notes.append(f"wall time {time.time() - t0:.0f} s")
     cols = ["model", "core", "kernels", "MACs", "instructions", "per MAC",
             "TFLM+CMSIS-NN per MAC (M4)", "arena", "lower bound", "sum of tensors",
             "TFLM arena head/total (64-bit host)", "TFLM arena (M4, issue)", "runtime code B",
             "model code B", "weights B"]
-    return BenchResult("runtime", "C runtime: instructions per MAC (QEMU, exact), memory, code",
-                       cols, rows, notes)
+    return RuntimeResult("runtime", "C runtime: instructions per MAC (QEMU, exact), memory, code",
+                         cols, rows, notes, layers=all_layers)
 
 
 def _layers(model: str, q, per_layer: dict[int, int]) -> list[dict]:

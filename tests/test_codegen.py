@@ -194,7 +194,8 @@ def test_softmax_model_output_is_a_distribution(tmp_path):
 
 
 # The pruning engine's architectures (tests/prune_models.py) that the int8 IR imports.
-PRUNE_CNNS = ["plain_cnn", "ds_cnn", "mobilenet_v1", "mobilenet_v2", "resnet8"]
+PRUNE_CNNS = ["plain_cnn", "ds_cnn", "mobilenet_v1", "mobilenet_v2", "resnet8",
+              "mlp_autoencoder", "concat_net"]
 
 
 _PRUNE_QUANTIZED: dict[str, tuple] = {}

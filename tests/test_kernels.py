@@ -248,6 +248,39 @@ def depthwise_conv2d_case(rng: np.random.Generator) -> Case:
                 lambda mode: ops.depthwise_conv2d_s8(x, wt, bias, mode=mode, **kw), info=kw)
 
 
+def depthwise_conv2d_3x3_case(rng: np.random.Generator) -> Case:
+    """3x3 depthwise layers, as in MobileNet and DS-CNN: the fast kernel's unrolled path
+    (assembly on Cortex-M4), with borders, strides, dilations and channel remainders."""
+    while True:
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 3, 2))
+        dh, dw = (1, 1) if rng.random() < 0.7 else (int(v) for v in rng.integers(1, 3, 2))
+        if rng.random() < 0.6:
+            top, bottom = ops.same_padding(h, 3, sh, dh)
+            left, right = ops.same_padding(w, 3, sw, dw)
+        else:
+            top, bottom, left, right = (int(v) for v in rng.integers(0, 3, 4))
+        try:
+            oh = ops.output_size(h, 3, sh, dh, top, bottom)
+            ow = ops.output_size(w, 3, sw, dw, left, right)
+        except ValueError:
+            continue
+        break
+    cin = int(rng.integers(1, 21))
+    x = _s8(rng, (1, h, w, cin))
+    wt = _s8(rng, (1, 3, 3, cin), lo=-128 if rng.random() < 0.2 else -127)
+    bias = _bias(rng, cin)
+    in_off, out_off = _zero_points(rng)
+    act = _act_range(rng, out_off)
+    mult, shift = _requant(rng, cin, 3 * _rms(x.astype(np.int32) + in_off) * _rms(wt), bias)
+    kw = dict(input_offset=in_off, output_offset=out_off, multiplier=mult, shift=shift,
+              stride=(sh, sw), dilation=(dh, dw), padding=(top, left, bottom, right),
+              act_min=act[0], act_max=act[1])
+    params = [h, w, cin, oh, ow, 1, 3, 3, sh, sw, dh, dw, top, left, in_off, out_off, *act]
+    return Case(OP_DWCONV2D, params, [x, wt, bias, mult, shift],
+                lambda mode: ops.depthwise_conv2d_s8(x, wt, bias, mode=mode, **kw), info=kw)
+
+
 def fully_connected_case(rng: np.random.Generator) -> Case:
     cin = int(rng.integers(1, 301)) if rng.random() < 0.8 else int(rng.integers(1, 9))
     cout = int(rng.integers(1, 25))
@@ -357,14 +390,23 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "softmax": softmax_case,
 }
 
+# Cases of one fast-path specialisation (run through the fast kernels only).
+FAST_GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
+    "depthwise_conv2d_3x3": depthwise_conv2d_3x3_case,
+}
+
 _CASES: dict[str, list[Case]] = {}
 
 
 def cases_for(kernel: str) -> list[Case]:
     """The same N_CASES random cases for a kernel, whatever the test order or worker."""
     if kernel not in _CASES:
-        rng = np.random.default_rng(sorted(GENERATORS).index(kernel) + 1000)
-        _CASES[kernel] = [GENERATORS[kernel](rng) for _ in range(N_CASES)]
+        if kernel in FAST_GENERATORS:
+            rng = np.random.default_rng(sorted(FAST_GENERATORS).index(kernel) + 2000)
+            _CASES[kernel] = [FAST_GENERATORS[kernel](rng) for _ in range(N_CASES)]
+        else:
+            rng = np.random.default_rng(sorted(GENERATORS).index(kernel) + 1000)
+            _CASES[kernel] = [GENERATORS[kernel](rng) for _ in range(N_CASES)]
     return _CASES[kernel]
 
 
@@ -447,7 +489,8 @@ def fast_case(case: Case, mode: str, allow_small: bool = True) -> Case:
 @pytest.mark.parametrize("simd", [False, True], ids=["plain", "simd"])
 @pytest.mark.parametrize("mode", ROUNDING_MODES)
 @pytest.mark.parametrize("kernel", ["conv2d", "fully_connected", "add", "depthwise_conv2d",
-                                    "conv2d-64bit", "depthwise_conv2d-64bit"])
+                                    "depthwise_conv2d_3x3", "conv2d-64bit",
+                                    "depthwise_conv2d-64bit", "depthwise_conv2d_3x3-64bit"])
 def test_fast_kernel_matches_reference_bytes(kernel_driver, kernel, mode, simd):
     """The fast kernels give the portable kernels' bytes, with and without the DSP code;
     "-64bit" withholds the small-accumulator flag (the other requantization path)."""
@@ -514,6 +557,12 @@ def test_fast_kernel_layouts_are_what_the_c_comment_says():
     assert folded.tolist() == [1 + 3 * 10, 2 + 3 * 35, -(2**31) + 3 * 60 - 1]
     assert layouts.conv_fast_buffer_size(3, 3, 3, 4, 4) == 2 * 28 * 2 + 28
     assert layouts.conv_fast_buffer_size(16, 1, 1, 1, 1) == 32
+    # Depthwise: folded biases, then the zero line (input zero point -10 per channel, padded).
+    dw = np.arange(27, dtype=np.int8).reshape(1, 3, 3, 3)
+    b = layouts.depthwise_biases(np.array([5, -7, 0], np.int32), dw, 10)
+    assert b[:3].tolist() == [5 + 10 * sum(range(0, 27, 3)), -7 + 10 * sum(range(1, 27, 3)),
+                              10 * sum(range(2, 27, 3))]
+    assert b[3:].astype("<i4").view(np.int8).tolist() == [-10, -10, -10, 0]
 
 
 def test_rounding_modes_give_different_bytes(kernel_driver):
@@ -939,6 +988,10 @@ def _qemu_cases(mode: str) -> list[Case]:
         if kernel in ("conv2d", "depthwise_conv2d"):  # the 64-bit requantization as well
             chosen += [fast_case(c, mode, allow_small=False) for c in pool[:QEMU_CASES // 2]
                        if has_fast_path(c)]
+    # The 3x3 depthwise specialisation (assembly on the M4), both requantization paths.
+    pool = [c for c in cases_for("depthwise_conv2d_3x3") if c.only_mode in (None, mode)]
+    chosen += [fast_case(c, mode) for c in pool[:QEMU_CASES]]
+    chosen += [fast_case(c, mode, allow_small=False) for c in pool[QEMU_CASES:QEMU_CASES + 10]]
     return chosen
 
 

@@ -59,6 +59,8 @@ class GeneratedModel:
     macs: int
     model_hash: bytes
     kernels: str = "portable"
+    sparse: str = "off"
+    sparse_layers: list[dict] | None = None  # per FC/conv layer: format, bytes, reason
 
     def summary(self) -> dict:
         return {
@@ -70,6 +72,8 @@ class GeneratedModel:
             "macs": self.macs,
             "model_hash": self.model_hash.hex(),
             "kernels": self.kernels,
+            "sparse": self.sparse,
+            "sparse_layers": self.sparse_layers or [],
         }
 
 
@@ -104,13 +108,16 @@ class _Emitter:
         self.decls: list[str] = []
         self.weight_bytes = 0
         self.calls: list[str] = []
+        self.sparse_choices: dict = {}  # node index -> codegen.sparse.SparseChoice
+        self.sparse_layers: list[dict] = []
+        self.includes: set[str] = set()  # runtime headers beyond mf_runtime.h
 
     def array(self, ctype: str, name: str, values: np.ndarray) -> str:
         cname = _cname(name)
         self.arrays.append(_c_array(ctype, cname, values))
         self.decls.append(f"extern const {ctype} {cname}[{max(np.asarray(values).size, 1)}] MF_CONST;")
         self.weight_bytes += int(np.asarray(values).size) * np.dtype(
-            {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32}[ctype]).itemsize
+            {"int8_t": np.int8, "uint8_t": np.uint8, "int16_t": np.int16, "int32_t": np.int32}[ctype]).itemsize
         return cname
 
     def ptr(self, tensor: str) -> str:
@@ -133,13 +140,18 @@ class _Emitter:
 
 
 def generate(qgraph: Graph, out_dir: str | Path, board_name: str | None = "host",
-             mode: str | None = None, kernels: str | None = None) -> GeneratedModel:
+             mode: str | None = None, kernels: str | None = None,
+             sparse: str = "auto") -> GeneratedModel:
     """Write the C sources of an int8 graph into ``out_dir``.
 
     ``kernels`` picks the kernel set (see KERNEL_SETS); by default the one the
-    board's core runs best (:func:`kernels_for_core`).
+    board's core runs best (:func:`kernels_for_core`). ``sparse`` "auto" stores
+    each fully connected / conv layer's weights in the format with the fewest
+    bytes (codegen.sparse, docs/sparsity.md), "rows" allows only compressed
+    rows, "off" keeps them all dense.
     """
     from . import kernels as kernel_emitters
+    from . import sparse as sparse_codegen
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,10 +163,16 @@ def generate(qgraph: Graph, out_dir: str | Path, board_name: str | None = "host"
     if kernels not in KERNEL_SETS:
         raise ValueError(f"unknown kernel set {kernels!r}; use one of {KERNEL_SETS}")
     mode = mode or qgraph.meta.get("rounding", "double")
-    scratch = {i: kernel_emitters.scratch_bytes(qgraph, n, kernels)
+    choices = sparse_codegen.choose_layers(qgraph, sparse)
+    stored_sparse = {i for i, c in choices.items() if c.format != "dense"}
+    scratch = {i: sparse_codegen.scratch_bytes(qgraph, n, choices[i], kernels) if i in stored_sparse
+               else kernel_emitters.scratch_bytes(qgraph, n, kernels)
                for i, n in enumerate(qgraph.nodes)}
     plan = plan_memory(qgraph, scratch=scratch)
     em = _Emitter(qgraph, plan, mode, kernels)
+    em.sparse_choices = choices
+    em.sparse_layers = [sparse_codegen.layer_record(qgraph, qgraph.nodes[i], c, kernels)
+                        for i, c in sorted(choices.items())]
     for idx, node in enumerate(qgraph.nodes):
         em.emit(idx, node)
 
@@ -168,6 +186,7 @@ def generate(qgraph: Graph, out_dir: str | Path, board_name: str | None = "host"
 #define MODEL_H
 
 #include <stdint.h>
+#include "mf_platform.h"
 
 #ifdef __cplusplus
 extern "C" {{
@@ -188,7 +207,10 @@ extern "C" {{
 
 /* input shape {list(t_in.shape)}, output shape {list(t_out.shape)} (NHWC) */
 
-extern const uint8_t model_hash[8];
+/* The model's identity, in flash like the weights (MF_CONST: PROGMEM on AVR,
+ * so read it with MF_LD_BYTES from mf_platform.h, never with a plain load). */
+#define MODEL_HASH_MF_CONST 1
+extern const uint8_t model_hash[8] MF_CONST;
 
 /* The arena region to write the int8 input into (MODEL_INPUT_SIZE bytes). */
 int8_t *model_input(void);
@@ -227,7 +249,7 @@ void model_invoke(void);
 #include "model.h"
 #include "model_weights.h"
 #include "mf_runtime.h"
-
+{"".join(f'#include "{h}"{chr(10)}' for h in sorted(em.includes))}
 /* Per-layer hooks: the firmware may define them (e.g. to read a cycle counter). */
 #ifndef MODEL_LAYER_BEGIN
 #define MODEL_LAYER_BEGIN(i) ((void)0)
@@ -236,7 +258,7 @@ void model_invoke(void);
 #define MODEL_LAYER_END(i) ((void)0)
 #endif
 
-const uint8_t model_hash[8] = {{{hash_init}}};
+const uint8_t model_hash[8] MF_CONST = {{{hash_init}}};
 
 /* One static arena; offsets come from the memory plan (memory_plan.json).
  * Arena {plan.arena_size} bytes; lower bound for this schedule {plan.lower_bound} bytes. */
@@ -259,4 +281,5 @@ void model_invoke(void)
     import json
 
     (out_dir / "memory_plan.json").write_text(json.dumps(plan.to_json(), indent=1) + "\n")
-    return GeneratedModel(out_dir, files, plan, em.weight_bytes, macs, model_hash, kernels)
+    return GeneratedModel(out_dir, files, plan, em.weight_bytes, macs, model_hash, kernels,
+                          sparse, em.sparse_layers)

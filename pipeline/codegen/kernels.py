@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import UnsupportedOpError
 from ..ir.graph import Graph, Node
 from ..quantize.params import KernelParams
-from . import layouts
+from . import layouts, sparse
 
 
 def _struct(ctype: str, var: str, fields: dict[str, int]) -> str:
@@ -83,7 +83,8 @@ def _emit_conv_fast(em, idx: int, node: Node, p: KernelParams) -> str:
     bn = em.array("int32_t", f"{b.name}_folded", folded)
     small = layouts.accumulators_small(folded, w.data)
     rn = em.array("int32_t", f"{node.name}_requant",
-                  layouts.pack_requant(p.multiplier, p.shift, p.output_offset, small))
+                  layouts.pack_requant(p.multiplier, p.shift, p.output_offset, small,
+                                       weights=w.data, bias=folded, mode=em.mode))
     return "\n".join([
         "    {",
         _struct("mf_conv2d_params", "p", fields),
@@ -146,6 +147,8 @@ def _emit_conv_like(em, node: Node, p: KernelParams, depthwise: bool) -> str:
 
 
 def emit_conv(em, idx: int, node: Node, p: KernelParams) -> str:
+    if (call := sparse.emit_sparse(em, idx, node, p)) is not None:
+        return call
     if em.kernels == "fast":
         return _emit_conv_fast(em, idx, node, p)
     if em.kernels == "avr":
@@ -173,7 +176,9 @@ def _emit_dwconv_fast(em, idx: int, node: Node, p: KernelParams) -> str:
     bn = em.array("int32_t", f"{b.name}_folded", biases)
     small = layouts.depthwise_small(biases, w.data)
     rn = em.array("int32_t", f"{node.name}_requant",
-                  layouts.pack_requant(p.multiplier, p.shift, p.output_offset, small))
+                  layouts.pack_requant(p.multiplier, p.shift, p.output_offset, small,
+                                       weights=w.data.reshape(-1, ic).T, bias=biases[:ic],
+                                       mode=em.mode))
     return "\n".join([
         "    {",
         _struct("mf_depthwise_conv2d_params", "p", fields),
@@ -190,6 +195,8 @@ def emit_dwconv(em, idx: int, node: Node, p: KernelParams) -> str:
 
 
 def emit_fc(em, idx: int, node: Node, p: KernelParams) -> str:
+    if (call := sparse.emit_sparse(em, idx, node, p)) is not None:
+        return call
     if em.kernels == "fast":
         return _emit_conv_fast(em, idx, node, p)
     if em.kernels == "avr":
@@ -283,6 +290,84 @@ def emit_reshape(em, idx: int, node: Node, p: KernelParams) -> str:
     return ""
 
 
+def _outer_inner(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    return int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis + 1:], dtype=np.int64))
+
+
+def emit_concatenation(em, idx: int, node: Node, p: KernelParams) -> str:
+    """CONCATENATION: one mf_concatenation_s8 call copying every input's rows in turn."""
+    if idx in em.plan.concat_views:
+        return ""  # a view: the planner put each input where the output needs it
+    g = em.g
+    axis = int(node.attrs["axis"])
+    outer, inner = _outer_inner(g.tensors[node.outputs[0]].shape, axis)
+    sizes = [int(g.tensors[i].shape[axis]) for i in node.inputs]
+    fields = dict(outer=outer, inner=inner, num_inputs=len(node.inputs))
+    sn = em.array("int32_t", f"{node.name}_axis_sizes", np.array(sizes, np.int32))
+    ptrs = ", ".join(em.ptr(i) for i in node.inputs)
+    return "\n".join([
+        "    {",
+        _struct("mf_concatenation_params", "p", fields),
+        f"        const int8_t *const in[{len(node.inputs)}] = {{{ptrs}}};",
+        f"        mf_concatenation_s8(&p, in, {sn}, {em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
+def emit_slice(em, idx: int, node: Node, p: KernelParams) -> str:
+    """SLICE along one axis (what ONNX Split and Slice import as): mf_slice_s8."""
+    a = node.attrs
+    shape = em.g.tensors[node.inputs[0]].shape
+    axis = int(a["axis"])
+    outer, inner = _outer_inner(shape, axis)
+    fields = dict(outer=outer, in_axis=int(shape[axis]), begin=int(a["begin"]),
+                  size=int(a["size"]), inner=inner)
+    return "\n".join([
+        "    {",
+        _struct("mf_slice_params", "p", fields),
+        f"        mf_slice_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
+def emit_lut(em, idx: int, node: Node, p: KernelParams) -> str:
+    """LOGISTIC / TANH: the reference's 256-entry table (exact by construction), mf_lut_s8."""
+    tn = em.array("int8_t", f"{node.name}_table", p.extra["table"])
+    size = em.g.tensors[node.outputs[0]].size
+    return "\n".join([
+        "    {",
+        _struct("mf_lut_params", "p", {"size": size}),
+        f"        mf_lut_s8(&p, {tn}, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
+def pad_fields(in_shape: tuple[int, ...], paddings, fill: int) -> dict[str, int]:
+    """mf_pad_params of an IR PAD (NHWC, or [N, C] as a 1 x 1 x C image)."""
+    pads = [[int(v) for v in pair] for pair in paddings]
+    if len(in_shape) == 2:
+        pads = [pads[0], [0, 0], [0, 0], pads[1]]
+    ih, iw, ic = _hw(tuple(in_shape))
+    if pads[0] != [0, 0]:
+        raise UnsupportedOpError(f"PAD pads the batch axis ({pads[0]}); the runtime pads one image")
+    return dict(in_h=ih, in_w=iw, in_c=ic, pad_top=pads[1][0], pad_bottom=pads[1][1],
+                pad_left=pads[2][0], pad_right=pads[2][1], pad_front=pads[3][0],
+                pad_back=pads[3][1], fill=fill)
+
+
+def emit_pad(em, idx: int, node: Node, p: KernelParams) -> str:
+    """A standalone PAD (fill: the zero point): mf_pad_s8."""
+    fields = pad_fields(em.g.tensors[node.inputs[0]].shape, node.attrs["paddings"],
+                        p.extra["fill"])
+    _check_u16(node, **{k: v for k, v in fields.items() if k != "fill"})
+    return "\n".join([
+        "    {",
+        _struct("mf_pad_params", "p", fields),
+        f"        mf_pad_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
+        "    }",
+    ])
+
+
 EMITTERS: dict[str, Callable] = {
     "CONV_2D": emit_conv,
     "DEPTHWISE_CONV_2D": emit_dwconv,
@@ -292,4 +377,9 @@ EMITTERS: dict[str, Callable] = {
     "ADD": emit_add,
     "RESHAPE": emit_reshape,
     "SOFTMAX": emit_softmax,
+    "LOGISTIC": emit_lut,
+    "TANH": emit_lut,
+    "PAD": emit_pad,
+    "CONCATENATION": emit_concatenation,
+    "SLICE": emit_slice,
 }

@@ -79,18 +79,43 @@ def accumulators_small(bias: np.ndarray, weights: np.ndarray, max_input: int = 1
 
 
 def pack_requant(multiplier: np.ndarray, shift: np.ndarray, output_offset: int,
-                 small: bool = False) -> np.ndarray:
+                 small: bool = False, *, weights: np.ndarray | None = None,
+                 bias: np.ndarray | None = None, mode: str = "double") -> np.ndarray:
     """A layer's requantization for the fast kernels: int32 [flags, (multiplier, e, round)...].
 
     e = -shift, round = 2^(e-1) + output_offset * 2^e (mf_simd.h). flags has
     RQ_FAST when every channel's shift qualifies, and RQ_SMALL when ``small``
     (see accumulators_small) as well.
+
+    Constant channels do not count against RQ_FAST: an output channel whose
+    weights are all zero (``weights``, one row per channel, and ``bias``, the
+    accumulator the kernel starts from, given) always has the accumulator
+    ``bias``, and one with multiplier 0 always requantizes to 0. Pruning makes
+    such channels (a zero weight scale quantizes to shift 0 or +1, outside
+    2..22), and one of them used to send the whole layer down the slow path.
+    Their output c (requantized in ``mode``, offset, saturated to int8) is
+    written as multiplier 0, e = 2, round = 4c: every fast form then computes
+    (0 + round) >> e = c for any accumulator (SMMULR/SMMUL of 0 is 0), and the
+    clamp to the activation range follows as for any channel.
     """
     m = np.asarray(multiplier, np.int64).reshape(-1)
     s = np.asarray(shift, np.int64).reshape(-1)
-    fast = all(requant_fast_ok(v) for v in s)
+    const = m == 0
+    if weights is not None and bias is not None:
+        rows = np.asarray(weights).reshape(len(m), -1)
+        const = const | ~rows.any(axis=1)
+    fast = all(requant_fast_ok(v) or c for v, c in zip(s, const, strict=True))
+    if fast and const.any():
+        acc = np.zeros(len(m), np.int64) if bias is None else np.asarray(bias, np.int64).reshape(-1)
+        acc = np.where(m == 0, 0, acc)
+        out = multiply_by_quantized_multiplier(acc, m, s, mode) + int(output_offset)
+        c = np.clip(out, -128, 127)
+        m = np.where(const, 0, m)
+        s = np.where(const, -2, s)
     rnd = np.array([(1 << (-int(v) - 1)) + int(output_offset) * (1 << -int(v))
                     if requant_fast_ok(v) else 0 for v in s], np.int64)
+    if fast and const.any():
+        rnd = np.where(const, 4 * c, rnd)
     flags = (RQ_FAST | (RQ_SMALL if small else 0)) if fast else 0
     body = np.stack([m, -s, rnd], axis=1).reshape(-1)
     return np.concatenate([[flags], body]).astype(np.int32)
@@ -127,24 +152,27 @@ def pack_depthwise_weights(weights: np.ndarray) -> np.ndarray:
 
 
 def depthwise_biases(bias: np.ndarray | None, weights: np.ndarray, input_offset: int) -> np.ndarray:
-    """[folded bias, plain bias] for mf_depthwise_conv2d_s8_fast, int32 [2 * C].
+    """[folded bias, zero line] for mf_depthwise_conv2d_s8_fast, int32 [C + ceil(C / 4)].
 
-    Border pixels start from the plain bias and add input_offset to each input
-    (|x + input_offset| <= 255): accumulators_small must hold for both.
+    The zero line is C bytes of the input zero point (-input_offset), padded
+    to whole words: taps in the padding read it, so that they add
+    (zero_point + input_offset) * w = 0 to the folded sum.
     """
     w = np.asarray(weights, dtype=np.int64)
     per_channel = w.reshape(-1, w.shape[-1]).T  # [C, taps]
-    plain = np.zeros(per_channel.shape[0], np.int32) if bias is None else np.asarray(bias, np.int32)
-    return np.concatenate([fold_bias(plain, per_channel, input_offset), plain]).astype(np.int32)
+    c = per_channel.shape[0]
+    plain = np.zeros(c, np.int32) if bias is None else np.asarray(bias, np.int32)
+    line = np.zeros(round_up4(c), np.int8)
+    line[:c] = -int(input_offset)
+    return np.concatenate([fold_bias(plain, per_channel, input_offset),
+                           line.view("<i4")]).astype(np.int32)
 
 
 def depthwise_small(biases: np.ndarray, weights: np.ndarray) -> bool:
-    """accumulators_small for mf_depthwise_conv2d_s8_fast: folded bias with raw inputs
-    (interior pixels), plain bias with inputs plus offset (border pixels, up to 255)."""
+    """accumulators_small for mf_depthwise_conv2d_s8_fast: the folded bias plus raw int8
+    inputs (padded taps read the zero point, an int8 as well)."""
     per_channel = np.asarray(weights, np.int64).reshape(-1, np.asarray(weights).shape[-1]).T
-    c = per_channel.shape[0]
-    return (accumulators_small(biases[:c], per_channel)
-            and accumulators_small(biases[c:], per_channel, max_input=255))
+    return accumulators_small(biases[:per_channel.shape[0]], per_channel)
 
 
 def avr_group(weights: np.ndarray, in_c: int) -> int:

@@ -53,8 +53,9 @@ void mf_depthwise_conv2d_s8(const mf_depthwise_conv2d_params *params,
  *   weights  int16 [in_c][k_h * k_w], except that each group of four
  *            channels (c % 4 == 0) is stored tap by tap, its four weights in
  *            the order c, c+2, c+1, c+3 (word-aligned);
- *   bias     int32 [2][in_c]: bias + input_offset * (sum of the channel's
- *            weights) modulo 2^32, then the plain bias (zeros for none);
+ *   bias     int32 [in_c]: bias + input_offset * (sum of the channel's
+ *            weights) modulo 2^32, followed by in_c bytes of the input zero
+ *            point padded to whole words (what taps in the padding read);
  *   requant  int32 {flags, then per channel multiplier, -shift, round}
  *            (see mf_simd.h).
  * No scratch memory. Not built for AVR.

@@ -21,5 +21,8 @@
 #include "mf_pool2d_s8.h"
 #include "mf_add_s8.h"
 #include "mf_softmax_s8.h"
+#include "mf_lut_s8.h"
+#include "mf_pad_s8.h"
+#include "mf_concatenation_s8.h"
 
 #endif /* MF_RUNTIME_H */

@@ -63,6 +63,30 @@ static inline uint32_t mf_sadd16(uint32_t a, uint32_t b)
     return (uint32_t)__sadd16((int32_t)a, (int32_t)b);
 }
 
+/* Saturate to int8 (SSAT #8). */
+static inline int32_t mf_ssat8(int32_t x)
+{
+    return __ssat(x, 8);
+}
+
+/* Byte-wise signed maximum and minimum of four int8 lanes (SSUB8 sets the GE
+ * flags that SEL reads; one asm block keeps the pair together). */
+static inline uint32_t mf_max8(uint32_t a, uint32_t b)
+{
+    uint32_t t, r;
+    __asm("ssub8 %0, %2, %3\n\tsel %1, %2, %3" : "=&r"(t), "=r"(r) : "r"(a), "r"(b) : "cc");
+    (void)t;
+    return r;
+}
+
+static inline uint32_t mf_min8(uint32_t a, uint32_t b)
+{
+    uint32_t t, r;
+    __asm("ssub8 %0, %2, %3\n\tsel %1, %3, %2" : "=&r"(t), "=r"(r) : "r"(a), "r"(b) : "cc");
+    (void)t;
+    return r;
+}
+
 #elif defined(MF_SIMD_EMULATE)
 #define MF_SIMD 1
 
@@ -103,6 +127,34 @@ static inline uint32_t mf_sadd16(uint32_t a, uint32_t b)
     return ((a + b) & 0xFFFFu) | (((a >> 16) + (b >> 16)) << 16);
 }
 
+static inline int32_t mf_ssat8(int32_t x)
+{
+    return x < -128 ? -128 : (x > 127 ? 127 : x);
+}
+
+/* SSUB8 + SEL, lane by lane. */
+static inline uint32_t mf_max8(uint32_t a, uint32_t b)
+{
+    uint32_t r = 0;
+    int i;
+    for (i = 0; i < 32; i += 8) {
+        const int8_t x = (int8_t)((a >> i) & 0xFFu), y = (int8_t)((b >> i) & 0xFFu);
+        r |= (uint32_t)(uint8_t)(x >= y ? x : y) << i;
+    }
+    return r;
+}
+
+static inline uint32_t mf_min8(uint32_t a, uint32_t b)
+{
+    uint32_t r = 0;
+    int i;
+    for (i = 0; i < 32; i += 8) {
+        const int8_t x = (int8_t)((a >> i) & 0xFFu), y = (int8_t)((b >> i) & 0xFFu);
+        r |= (uint32_t)(uint8_t)(x >= y ? y : x) << i;
+    }
+    return r;
+}
+
 #else
 #define MF_SIMD 0
 #endif
@@ -127,6 +179,20 @@ static inline uint32_t mf_load32a(const void *p)
 static inline void mf_store32a(void *p, uint32_t v)
 {
     memcpy(MF_ALIGNED4(p), &v, 4);
+}
+
+/* A 32-bit store to any address (byte stores on Cortex-M0). */
+static inline void mf_store32(void *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
+
+/* Four values already within [-128, 127] as the bytes of one word, first in
+ * the lowest byte (UXTB and three BFI). */
+static inline uint32_t mf_pack4(int32_t a, int32_t b, int32_t c, int32_t d)
+{
+    return ((uint32_t)a & 0xFFu) | (((uint32_t)b & 0xFFu) << 8) | (((uint32_t)c & 0xFFu) << 16)
+         | ((uint32_t)d << 24);
 }
 
 /* A 32-bit load from any address (one LDR where the core allows unaligned

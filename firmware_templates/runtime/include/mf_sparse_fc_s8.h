@@ -39,6 +39,18 @@
 #define MF_SPARSE_LD_U8(ptr) ((uint8_t)MF_LD_S8((const int8_t *)(ptr)))
 
 /*
+ * acc += xv * w, with xv = x + input_offset in [-255, 255] and w int8: the
+ * product's magnitude is at most 255 * 128 = 32640, so on AVR it is formed
+ * in 16 bits (an 8x16 multiply, not the 32x32 library call); elsewhere a
+ * 32-bit multiply-accumulate is one instruction. Same value either way.
+ */
+#if defined(__AVR__)
+#define MF_SPARSE_MAC(acc, xv, w) ((acc) += (int16_t)((int16_t)(xv) * (int8_t)(w)))
+#else
+#define MF_SPARSE_MAC(acc, xv, w) ((acc) += (int32_t)(xv) * (int8_t)(w))
+#endif
+
+/*
  * One compressed row against one input vector x: the sum over the row's n
  * nonzeros of (x[col] + input_offset) * value. Advances *deltas and *values
  * past the row, so consecutive rows are walked without a pointer table.
@@ -61,7 +73,7 @@ static inline int32_t mf_sparse_row_dot(const int8_t *x, int16_t input_offset,
         }
         col = (uint16_t)(col + d);
         xv = (int16_t)(x[col] + input_offset);
-        acc += (int32_t)xv * MF_LD_S8(v_ptr++);
+        MF_SPARSE_MAC(acc, xv, MF_LD_S8(v_ptr++));
         col = (uint16_t)(col + 1u);
     }
     *deltas = d_ptr;

@@ -273,6 +273,38 @@ static inline int32_t mac_group(int32_t acc, const int8_t *wp, const int16_t *cp
 #endif
 }
 
+/* Output channels first.. of one pixel (column groups `stride` int16 apart;
+ * first is even). */
+static void rows_one_pixel(const rows_ctx *c, int32_t first, const int16_t *col0, int32_t stride,
+                           int8_t *out)
+{
+    const int32_t out_c = c->out_c, groups = c->groups;
+    int32_t oc;
+    for (oc = first; oc < out_c; oc += 2) {
+        const int paired = oc + 1 < out_c;
+        const int32_t w_step = paired ? 8 : 4;
+        const int8_t *w = c->weights + oc * groups * 4;
+        const int16_t *col = col0;
+        int32_t a0 = c->bias[oc], a1 = paired ? c->bias[oc + 1] : 0, g;
+        for (g = 0; g < groups; ++g) {
+            a0 = mac_group(a0, w, col);
+            if (paired) {
+                a1 = mac_group(a1, w + 4, col);
+            }
+            w += w_step;
+            col += stride;
+        }
+        {
+            int8_t unused;
+            finish2(c, c->requant + 3 * oc, a0, a0, &out[oc], &unused);
+        }
+        if (paired) {
+            int8_t unused;
+            finish2(c, c->requant + 3 * oc + 3, a1, a1, &out[oc + 1], &unused);
+        }
+    }
+}
+
 /* Every output channel of two pixels whose columns are interleaved at cols;
  * out points at channel 0 of the first pixel, the second follows out_c bytes
  * later. */
@@ -283,8 +315,9 @@ static inline int32_t mac_group(int32_t acc, const int8_t *wp, const int16_t *cp
  * 2x2 inner loop, two groups of four values per iteration, 15 instructions
  * per group of 16 multiply-accumulates (LDRD of both rows' weights, four
  * SXTB16, an LDRD of each column's two words, eight SMLAD); then
- * mf_rq_small and the clamp for the four accumulators, without branches,
- * and four byte stores. The compiler's version of the same code spilled its
+ * mf_rq_small and SSAT for the four accumulators, the four bytes packed
+ * (BFI) and clamped at once (SSUB8/SEL), two halfword stores (the M4/M7
+ * allow them unaligned). The compiler's version of the same code spilled its
  * loop state around every block and used no post-indexed LDRD.
  * Layout of the state it walks (offsets are used in the assembly):
  */
@@ -294,7 +327,7 @@ typedef struct {
     const int32_t *rq;    /*  8: {multiplier, e, round} of the pair's first channel */
     int8_t *out;          /* 12: the first pixel's output, at the pair's first channel */
     int32_t out_c;        /* 16 */
-    int32_t lo, hi;       /* 20, 24: the activation range */
+    uint32_t lo4, hi4;    /* 20, 24: the activation range, in each byte */
     int32_t groups;       /* 28: >= 1 */
     const int16_t *cols;  /* 32 */
     int32_t pairs;        /* 36: >= 1 */
@@ -307,14 +340,13 @@ typedef struct {
 #define MF_HIGH_MUL "smmulr"
 #define MF_ROUND_NEG(r) "sub " r ", " r ", " r ", lsr #31\n\t"
 #endif
-/* acc (register r) -> mf_rq_small with m, e, round in rm, re, rr, clamped to
- * [r1, lr]. */
+/* acc (register r) -> mf_rq_small with m, e, round in rm, re, rr, saturated
+ * to int8 (the activation range is applied to the four packed bytes). */
 #define MF_REQUANT(r, rm, re, rr)                                             \
     "lsl " r ", " r ", #1\n\t" MF_HIGH_MUL " " r ", " r ", " rm "\n\t"        \
     MF_ROUND_NEG(r) "add " r ", " r ", " rr "\n\t"                             \
     "asr " r ", " r ", " re "\n\t"                                            \
-    "cmp " r ", r1\n\tit lt\n\tmovlt " r ", r1\n\t"                          \
-    "cmp " r ", lr\n\tit gt\n\tmovgt " r ", lr\n\t"
+    "ssat " r ", #8, " r "\n\t"
 /* One group of four values for both rows and both columns. */
 #define MF_GROUP_FIXED                                                        \
     "ldrd r0, r1, [r6], #8\n\t"                                              \
@@ -372,13 +404,19 @@ static void pairs_asm(pair_state *st)
         MF_REQUANT("r3", "r6", "r8", "r9")
         MF_REQUANT("r4", "r10", "r11", "r12")
         MF_REQUANT("r5", "r10", "r11", "r12")
-        "ldr r6, [r0, #12]\n\t"
-        "ldr r8, [r0, #16]\n\t"
-        "strb r2, [r6]\n\t"
-        "strb r4, [r6, #1]\n\t"
-        "add r9, r6, r8\n\t"
-        "strb r3, [r9]\n\t"
-        "strb r5, [r9, #1]\n\t"
+        /* bytes: pixel 0 channels 0, 1, pixel 1 channels 0, 1; clamp to
+         * [lo4, hi4] byte-wise (SSUB8 sets GE, SEL picks), two STRH */
+        "bfi r2, r4, #8, #8\n\t"
+        "bfi r2, r3, #16, #8\n\t"
+        "bfi r2, r5, #24, #8\n\t"
+        "ssub8 r3, r2, r1\n\t"
+        "sel r2, r2, r1\n\t"
+        "ssub8 r3, r2, lr\n\t"
+        "sel r2, lr, r2\n\t"
+        "ldrd r6, r8, [r0, #12]\n\t"
+        "strh r2, [r6]\n\t"
+        "lsr r2, r2, #16\n\t"
+        "strh r2, [r6, r8]\n\t"
         "add r6, r6, #2\n\t"
         "str r6, [r0, #12]\n\t"
         "ldr r1, [r0, #36]\n\t"
@@ -404,8 +442,8 @@ static void rows_two_pixels(const rows_ctx *c, const int16_t *cols, int8_t *out)
         st.rq = c->requant;
         st.out = out;
         st.out_c = out_c;
-        st.lo = c->act_min;
-        st.hi = c->act_max;
+        st.lo4 = (uint32_t)(uint8_t)c->act_min * 0x01010101u;
+        st.hi4 = (uint32_t)(uint8_t)c->act_max * 0x01010101u;
         st.groups = groups;
         st.cols = cols;
         st.pairs = out_c / 2;
@@ -413,6 +451,15 @@ static void rows_two_pixels(const rows_ctx *c, const int16_t *cols, int8_t *out)
         oc = out_c & ~(int32_t)1;
     }
 #endif
+#if defined(MF_CONV_ASM) && defined(__OPTIMIZE__)
+    /* The odd last channel, or every channel of layers without MF_RQ_SMALL:
+     * a pixel at a time, in less code than a second copy of the pair loop. */
+    if (oc < out_c) {
+        rows_one_pixel(c, oc, cols, 8, out);
+        rows_one_pixel(c, oc, cols + 4, 8, out + out_c);
+    }
+    (void)groups;
+#else
     for (; oc + 1 < out_c; oc += 2) {
         const int8_t *w = c->weights + oc * groups * 4;
         const int16_t *col = cols;
@@ -442,36 +489,7 @@ static void rows_two_pixels(const rows_ctx *c, const int16_t *cols, int8_t *out)
         }
         finish2(c, c->requant + 3 * oc, a0, a1, &out[oc], &out[out_c + oc]);
     }
-}
-
-/* Every output channel of one pixel (column groups 4 int16 apart). */
-static void rows_one_pixel(const rows_ctx *c, const int16_t *col0, int8_t *out)
-{
-    const int32_t out_c = c->out_c, groups = c->groups;
-    int32_t oc;
-    for (oc = 0; oc < out_c; oc += 2) {
-        const int paired = oc + 1 < out_c;
-        const int32_t w_step = paired ? 8 : 4;
-        const int8_t *w = c->weights + oc * groups * 4;
-        const int16_t *col = col0;
-        int32_t a0 = c->bias[oc], a1 = paired ? c->bias[oc + 1] : 0, g;
-        for (g = 0; g < groups; ++g) {
-            a0 = mac_group(a0, w, col);
-            if (paired) {
-                a1 = mac_group(a1, w + 4, col);
-            }
-            w += w_step;
-            col += 4;
-        }
-        {
-            int8_t unused;
-            finish2(c, c->requant + 3 * oc, a0, a0, &out[oc], &unused);
-        }
-        if (paired) {
-            int8_t unused;
-            finish2(c, c->requant + 3 * oc + 3, a1, a1, &out[oc + 1], &unused);
-        }
-    }
+#endif
 }
 
 void mf_conv2d_s8_fast(const mf_conv2d_params *params,
@@ -519,7 +537,7 @@ void mf_conv2d_s8_fast(const mf_conv2d_params *params,
         }
         if (pixel < n_pixels) {
             expand(cols, input + pixel * in_c, in_c / 4, 4);
-            rows_one_pixel(&rows, cols, output + pixel * out_c);
+            rows_one_pixel(&rows, 0, cols, 4, output + pixel * out_c);
         }
         return;
     }
@@ -541,7 +559,7 @@ void mf_conv2d_s8_fast(const mf_conv2d_params *params,
     }
     if (pixel < n_pixels) {
         im2col(&ctx, oy, ox, cols, 4);
-        rows_one_pixel(&rows, cols, output + pixel * out_c);
+        rows_one_pixel(&rows, 0, cols, 4, output + pixel * out_c);
     }
 }
 

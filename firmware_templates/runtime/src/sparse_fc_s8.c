@@ -74,7 +74,7 @@ void mf_bitmap_fully_connected_s8(const mf_fully_connected_params *params,
             for (; bits != 0; bits >>= 1, ++x) {
                 if (bits & 1u) {
                     const int16_t xv = (int16_t)(*x + input_offset);
-                    acc += (int32_t)xv * MF_LD_S8(values++);
+                    MF_SPARSE_MAC(acc, xv, MF_LD_S8(values++));
                 }
             }
         }
