@@ -64,6 +64,13 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    "with the best validation accuracy; replaces --mac-ratio")
     p.add_argument("--fit-macs", type=int, default=None,
                    help="with --fit-target: also keep at most this many MACs")
+    p.add_argument("--fit-by", choices=("channels", "sparsity", "both"), default="channels",
+                   help="what the budget search (--fit-target, or run --target) may use: remove "
+                   "channels (default), zero weights stored sparse (saves flash, not RAM), or "
+                   "both; the best validation accuracy wins (docs/sparsity.md)")
+    p.add_argument("--sparsity-pattern", choices=("unstructured", "block"),
+                   default="unstructured",
+                   help="with --fit-by sparsity/both: single weights or 1x4 blocks")
     p.add_argument("--schedule", default="one-shot",
                    choices=("one-shot", "iterative", "imp-weight-rewind", "imp-lr-rewind",
                             "gradual"), help="how to reach the MAC target (default one-shot)")
@@ -71,15 +78,16 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", action="store_true",
                    help="fine-tune with knowledge distillation from the unpruned model")
     p.add_argument("--weight-sparsity", type=float, default=0.0,
-                   help="also zero this fraction of weights by magnitude (unstructured; saves "
-                   "no flash until the runtime stores sparse weights)")
+                   help="also zero this fraction of weights by magnitude (unstructured; "
+                   "generate stores layers compressed where that saves flash, see --sparse)")
 
 
 def _prune_options(args: argparse.Namespace) -> dict:
     return {"criterion": args.criterion, "ranking": args.ranking, "round_to": args.round_to,
             "protect": args.protect, "fit_target": args.fit_target, "fit_macs": args.fit_macs,
             "schedule": args.schedule, "steps": args.steps, "distill": args.distill,
-            "weight_sparsity": args.weight_sparsity}
+            "weight_sparsity": args.weight_sparsity, "fit_by": args.fit_by,
+            "sparsity_pattern": args.sparsity_pattern}
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
@@ -95,6 +103,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="subtract the mean error weight rounding adds to each output channel")
     p.add_argument("--calibration-samples", type=int, default=500,
                    help="training samples used to calibrate (default 500)")
+    p.add_argument("--qat-epochs", type=int, default=5,
+                   help="epochs of quantization-aware fine-tuning when it runs (default 5)")
 
 
 def _add_target_arg(p: argparse.ArgumentParser) -> None:
@@ -129,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune by --mac-ratio alone; by default `run` searches the largest model "
                    "within --mac-ratio that fits the --target board's flash and RAM")
     _add_quant_args(p)
+    p.add_argument("--qat", choices=("auto", "on", "off"), default="auto",
+                   help="quantization-aware fine-tuning of the pruned model: auto (default) runs it "
+                   "only when int8 loses more than 1 point of validation accuracy")
     _add_target_arg(p)
     _add_validate_args(p)
 
@@ -150,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="import float.onnx, calibrate and quantize to int8")
     _add_run_arg(p)
     _add_quant_args(p)
+    p.add_argument("--qat", action="store_const", const="on", default="off",
+                   help="first fine-tune the pruned model with fake int8 quantization (qat.pt, "
+                   "qat.onnx), then quantize that; see docs/quantization.md")
     p = sub.add_parser("generate", help="generate C sources (model.h/.c, weights, memory plan); "
                        "`generate model.tflite` starts from an int8 .tflite instead")
     p.add_argument("run", type=Path, help="run folder, or an int8 .tflite file (then the run "
@@ -160,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=["portable", "fast", "avr"],
                    help="kernel set (default: the one the target's core runs best: fast on "
                    "Cortex-M, avr on AVR; see docs/runtime.md)")
+    p.add_argument("--sparse", choices=["auto", "rows", "blocks", "off"], default="auto",
+                   help="auto (default): store each layer's weights compressed where that takes "
+                   "fewer bytes; rows / blocks: only the compressed-rows / 1x4-block format "
+                   "(blocks: the fastest on Cortex-M); off: all dense (docs/sparsity.md)")
     _add_target_arg(p)
     p = sub.add_parser("build", help="render the firmware project and compile it; check the fit")
     _add_run_arg(p)
@@ -247,9 +267,11 @@ def main(argv: list[str] | None = None) -> int:
             _step(console, "prune", lambda: stages.stage_prune(
                 run, args.mac_ratio, args.finetune_epochs, args.seed, progress,
                 **_prune_options(args), auto_fit=not args.no_fit), q)
-            _step(console, "quantize", lambda: stages.stage_quantize(
+            qinfo = _step(console, "quantize", lambda: stages.stage_quantize(
                 run, args.rounding, args.calibration, args.calibration_samples,
-                args.bias_correction), q)
+                args.bias_correction, args.qat, args.qat_epochs, progress), q)
+            if not q and qinfo.get("qat"):
+                console.print(qinfo["qat"]["decision"], markup=False, highlight=False)
             _step(console, "generate", lambda: stages.stage_generate(run, args.target), q)
             _step(console, "build", lambda: stages.stage_build(run, args.target), q)
             _step(console, "validate", lambda: stages.stage_validate(
@@ -277,9 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                                              progress)
             elif args.verb == "quantize":
                 result = stages.stage_quantize(run, args.rounding, args.calibration,
-                                               args.calibration_samples, args.bias_correction)
+                                               args.calibration_samples, args.bias_correction,
+                                               args.qat, args.qat_epochs, progress)
             elif args.verb == "generate":
-                result = stages.stage_generate(run, args.target, args.tflite, args.kernels)
+                result = stages.stage_generate(run, args.target, args.tflite, args.kernels,
+                                               args.sparse)
             elif args.verb == "build":
                 result = stages.stage_build(run, args.target)
             elif args.verb == "flash":

@@ -117,7 +117,10 @@ def stage_prune(run: RunFolder, target_mac_ratio: float = 0.5,
 
 def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = "minmax",
                    calibration_samples: int = 500,
-                   bias_correction: bool = False) -> dict[str, Any]:
+                   bias_correction: bool = False, qat: str = "off", qat_epochs: int = 5,
+                   progress: bool = False) -> dict[str, Any]:
+    """``qat``: "on", "off" or "auto" (fine-tune only when int8 loses more than 1 point on
+    validation); see microfit.quantize.qat."""
     from .ir.graph import Graph
     from .ir.onnx_import import import_onnx, nchw_to_ir
     from .quantize.quantize import QuantizeConfig, quantize, quantize_input
@@ -129,8 +132,16 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
     splits = load_splits(run.need("data.npz"))
     # Calibrate on training data only: the test split stays unseen.
     calib = nchw_to_ir(splits.x_train[:calibration_samples])
-    qgraph = quantize(fgraph, calib, QuantizeConfig(rounding=rounding, calibration=calibration,
-                                                    bias_correction=bias_correction))
+    config = QuantizeConfig(rounding=rounding, calibration=calibration,
+                            bias_correction=bias_correction)
+    qgraph = quantize(fgraph, calib, config)
+    qat_info = None
+    if qat != "off":
+        from .quantize.qat import qat_for_run
+
+        fgraph, qgraph, qat_info = qat_for_run(
+            run, fgraph, qgraph, lambda g: quantize(g, calib, config), qat, qat_epochs,
+            calibration, calibration_samples, progress=progress)
     qgraph.save(run.file("quant.json"), run.file("quant.npz"))
     x_test = nchw_to_ir(splits.x_test)
     float_pred = run_float(fgraph, x_test).argmax(-1)
@@ -146,6 +157,7 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
         "int8_test_accuracy": float(np.mean(int8_pred == splits.y_test)),
         "test_samples": int(len(splits.y_test)),
         "int8_float_top1_agreement": float(np.mean(int8_pred == float_pred)),
+        "qat": qat_info,
         "macs": qgraph.macs(),
         "params": qgraph.params(),
         "nodes": [f"{n.op} {n.name}" for n in qgraph.nodes],
@@ -155,7 +167,8 @@ def stage_quantize(run: RunFolder, rounding: str = "double", calibration: str = 
 
 
 def stage_generate(run: RunFolder, target: str | None = None,
-                   tflite: Path | None = None, kernels: str | None = None) -> dict[str, Any]:
+                   tflite: Path | None = None, kernels: str | None = None,
+                   sparse: str = "auto") -> dict[str, Any]:
     from .codegen.generate import generate
     from .ir.graph import Graph
 
@@ -169,8 +182,13 @@ def stage_generate(run: RunFolder, target: str | None = None,
         import_tflite(tflite).save(run.file("quant.json"), run.file("quant.npz"))
         run.update_settings(tflite=str(tflite))
     qgraph = Graph.load(run.need("quant.json"), run.need("quant.npz"))
-    gen = generate(qgraph, run.file("generated"), board_name=target, kernels=kernels)
+    gen = generate(qgraph, run.file("generated"), board_name=target, kernels=kernels,
+                   sparse=sparse)
     info = gen.summary()
+    from .codegen.tflm import tflm_arena
+
+    # TFLite Micro's arena for the same model, for the report (about 0.3 s, a child process).
+    info["tflm_arena"] = tflm_arena(qgraph)
     run.write_json("generate.json", info)
     return info
 

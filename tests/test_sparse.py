@@ -32,7 +32,7 @@ from microfit.reference import ops
 from microfit.reference import sparse as sp
 
 DRIVER_SRC = Path(__file__).parent / "c" / "sparse_driver.c"
-SPARSE_SRCS = ("sparse_fc_s8.c", "sparse_conv1x1_s8.c")
+SPARSE_SRCS = ("sparse_fc_s8.c", "sparse_conv1x1_s8.c", "sparse_conv2d_s8.c", "sparse_block_s8.c")
 N_C_CASES = 300
 SPARSITIES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 
@@ -328,7 +328,7 @@ def test_sparse_kernels_compile_for_microcontrollers(tmp_path, compiler, defines
            *(str(runtime_dir() / "src" / name) for name in SPARSE_SRCS)]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert {p.name for p in tmp_path.glob("*.o")} == {"sparse_fc_s8.o", "sparse_conv1x1_s8.o"}
+    assert {p.name for p in tmp_path.glob("*.o")} == {n.replace(".c", ".o") for n in SPARSE_SRCS}
 
 
 # --------------------------------------------------------------------------
@@ -619,4 +619,7 @@ def test_sparse_kernels_on_emulated_atmega328p(tmp_path):
     cycles = avr_cycles(tmp_path)
     dense, rows, bitmap = cycles[0.9]
     assert rows < dense and bitmap < dense
-    assert cycles[0.0][1] > cycles[0.0][0]  # sparse storage of dense weights costs time
+    # The sparse kernels' time follows the nonzeros; the portable dense kernel's does not
+    # (and with 16-bit products they beat its 32-bit multiplies even at 0% on AVR).
+    assert cycles[0.95][1] < cycles[0.0][1] / 4 and cycles[0.95][2] < cycles[0.0][2] / 2
+    assert max(c[0] for c in cycles.values()) < 1.05 * min(c[0] for c in cycles.values())

@@ -1,9 +1,21 @@
-"""Unstructured magnitude pruning: zero the smallest weights, keep the shapes.
+"""Magnitude pruning that zeroes weights and keeps the shapes: unstructured,
+block (1x4 / 4x1) and N:M.
 
-It saves nothing on the device until the runtime stores sparse weights
-(issue 8): a zero int8 weight still takes its byte and its multiply. So it
-stays a model-level option that reports the sparsity it reached, next to
-channel pruning, which is what shrinks flash and MACs today.
+The zeros pay on the device because code generation stores a layer's
+weights compressed where that takes fewer bytes and runs kernels that skip
+them (codegen/sparse.py, docs/sparsity.md). Masks are held through
+fine-tuning (``apply_masks`` after every optimiser step) and survive int8
+quantization: a float 0.0 quantizes to exactly int8 0 under per-channel
+symmetric scales (tests/test_sparse_prune.py).
+
+Patterns are laid out the way the kernels walk the weights: a conv weight
+[Cout, Cin, kh, kw] is viewed as the generated code's OHWI rows
+[Cout, kh, kw, Cin], so "along the input channels" means consecutive
+entries of a row. A block of ``(bo, bi)`` covers ``bo`` output channels by
+``bi`` consecutive input channels at one kernel tap and is kept or zeroed
+whole, ranked by its mean absolute weight; N:M keeps the N largest of every
+M consecutive input channels. For a Linear after a Flatten the input index
+is torch's (C, H, W) one.
 """
 
 from __future__ import annotations
@@ -15,6 +27,8 @@ from torch import nn
 
 Masks = dict[str, torch.Tensor]
 SCOPES = ("global", "layer")
+PATTERNS = ("unstructured", "block", "n:m")
+SPARSITY_SCHEDULES = ("one-shot", "iterative", "gradual", "imp-weight-rewind")
 
 
 def _weights(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Parameter]:
@@ -73,3 +87,164 @@ def weight_sparsity(model: nn.Module) -> float:
     total = sum(w.numel() for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights)
     return zeros / total if total else 0.0
+
+
+# ----------------------------------------------------------------------------
+# block and N:M patterns
+
+
+def _rows_view(w: torch.Tensor) -> torch.Tensor:
+    """[Cout, Cin, *k] -> [Cout, *k, Cin] (the generated code's OHWI rows); Linear unchanged."""
+    return w.permute(0, *range(2, w.dim()), 1) if w.dim() > 2 else w
+
+
+def _from_rows_view(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return m.permute(0, like.dim() - 1, *range(1, like.dim() - 1)) if like.dim() > 2 else m
+
+
+def _block_scores(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean |w| of each (bo, bi) block, and how many real weights each block covers."""
+    bo, bi = block
+    r = _rows_view(w.detach().abs())
+    cout, cin = r.shape[0], r.shape[-1]
+    po, pi = -cout % bo, -cin % bi
+    flat = r.reshape(cout, -1, cin)
+    padded = torch.nn.functional.pad(flat, (0, pi, 0, 0, 0, po))
+    ones = torch.nn.functional.pad(torch.ones_like(flat), (0, pi, 0, 0, 0, po))
+    shape = ((cout + po) // bo, bo, flat.shape[1], (cin + pi) // bi, bi)
+    total = padded.reshape(shape).sum(dim=(1, 4))
+    count = ones.reshape(shape).sum(dim=(1, 4))
+    return total / count, count
+
+
+def _expand_block_mask(keep: torch.Tensor, w: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    bo, bi = block
+    r = _rows_view(w)
+    cout, cin = r.shape[0], r.shape[-1]
+    m = keep.repeat_interleave(bo, 0).repeat_interleave(bi, 2)[:cout, :, :cin]
+    return _from_rows_view(m.reshape(r.shape).to(w.dtype), w)
+
+
+def block_masks(model: nn.Module, sparsity: float, block: tuple[int, int] = (1, 4),
+                scope: str = "global", skip: Iterable[str] = ()) -> Masks:
+    """Masks that zero whole ``(out, in)`` blocks of weights, ``sparsity`` of the blocks.
+
+    ``block=(1, 4)`` is four consecutive input channels of one output channel
+    and tap (what a packed 4-byte load reads); ``(4, 1)`` four output channels
+    at one input. Rows whose length is no multiple of the block end in a
+    partial block, ranked by the mean of the weights it has.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if len(block) != 2 or min(block) < 1:
+        raise ValueError(f"block must be (out, in) with both >= 1, got {block}")
+    weights = _weights(model, skip)
+    scores = {name: _block_scores(w, block)[0] for name, w in weights.items()}
+    masks: Masks = {}
+    if scope == "layer":
+        keep = {name: _mask_of(s.flatten(), sparsity).view_as(s) for name, s in scores.items()}
+    else:
+        flat = _mask_of(torch.cat([s.flatten() for s in scores.values()]), sparsity)
+        keep, start = {}, 0
+        for name, s in scores.items():
+            keep[name] = flat[start:start + s.numel()].view_as(s)
+            start += s.numel()
+    for name, w in weights.items():
+        masks[name] = _expand_block_mask(keep[name], w, block)
+    return masks
+
+
+def nm_masks(model: nn.Module, n: int = 2, m: int = 4, skip: Iterable[str] = ()) -> Masks:
+    """Masks keeping the ``n`` largest |w| of every ``m`` consecutive input channels.
+
+    Sparsity is 1 - n/m (a row's last, partial group keeps at most ``n``).
+    Ties keep the earlier weight.
+    """
+    if not 1 <= n <= m:
+        raise ValueError(f"N:M needs 1 <= n <= m, got {n}:{m}")
+    masks: Masks = {}
+    for name, w in _weights(model, skip).items():
+        r = _rows_view(w.detach().abs())
+        cin = r.shape[-1]
+        pad = -cin % m
+        g = torch.nn.functional.pad(r.reshape(-1, cin), (0, pad), value=-1.0)
+        g = g.reshape(g.shape[0], -1, m)
+        # Stable descending order: negate, then argsort ascending with stable ties.
+        order = torch.argsort(-g, dim=-1, stable=True)
+        keep = torch.zeros_like(g)
+        keep.scatter_(-1, order[..., :n], 1.0)
+        keep = keep.reshape(g.shape[0], -1)[:, :cin].reshape(r.shape)
+        masks[name] = _from_rows_view(keep.to(w.dtype), w)
+    return masks
+
+
+def make_masks(model: nn.Module, sparsity: float, pattern: str = "unstructured", *,
+               block: tuple[int, int] = (1, 4), nm: tuple[int, int] = (2, 4),
+               scope: str = "global", skip: Iterable[str] = ()) -> Masks:
+    """Masks of one ``pattern`` (see PATTERNS); N:M ignores ``sparsity`` (it is 1 - n/m)."""
+    if pattern == "unstructured":
+        return magnitude_masks(model, sparsity, scope, skip)
+    if pattern == "block":
+        return block_masks(model, sparsity, block, scope, skip)
+    if pattern == "n:m":
+        return nm_masks(model, *nm, skip=skip)
+    raise ValueError(f"unknown sparsity pattern {pattern!r}; use one of {PATTERNS}")
+
+
+# ----------------------------------------------------------------------------
+# schedules
+
+
+def sparsity_steps(target: float, steps: int, schedule: str) -> list[float]:
+    """Sparsity to reach after each step; the last is ``target``.
+
+    The pruning engine's schedules (prune/schedule.py) on the zeroed fraction:
+    "one-shot" one step; "iterative" and "imp-weight-rewind" remove the same
+    fraction of the remaining weights each step (1 - (1-t)^(k/n));
+    "gradual" Zhu & Gupta's cubic s_t = t (1 - (1 - k/n)^3).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if schedule not in SPARSITY_SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {SPARSITY_SCHEDULES}")
+    if schedule == "one-shot":
+        return [target]
+    if schedule == "gradual":
+        return [target * (1.0 - (1.0 - k / steps) ** 3) for k in range(1, steps + 1)]
+    return [1.0 - (1.0 - target) ** (k / steps) for k in range(1, steps + 1)]
+
+
+def sparsify(model: nn.Module, splits, sparsity: float, *, pattern: str = "unstructured",
+             schedule: str = "one-shot", steps: int = 3, epochs_per_step: int = 1,
+             lr: float | None = None, seed: int = 0, progress: bool = False,
+             **mask_kw) -> Masks:
+    """Zero weights of ``model`` in place by ``pattern``, following ``schedule``, fine-tuning
+    ``epochs_per_step`` after each step with the masks re-applied after every optimiser step.
+
+    Masks only grow: a weight zeroed at one step stays zero. "imp-weight-rewind"
+    resets the surviving weights to those ``model`` started with before each
+    retraining. Returns the final masks (``model`` holds them exactly).
+    """
+    import copy
+
+    from ..train.fit import train
+    from .api import DEFAULT_FINETUNE_LR
+
+    lr = DEFAULT_FINETUNE_LR if lr is None else lr
+    start = copy.deepcopy(model.state_dict()) if schedule == "imp-weight-rewind" else None
+    plan = [sparsity] if pattern == "n:m" else sparsity_steps(sparsity, steps, schedule)
+    masks: Masks = {}
+    for k, s in enumerate(plan):
+        new = make_masks(model, s, pattern, **mask_kw)
+        masks = {n: new[n] * masks[n] if n in masks else new[n] for n in new}
+        if start is not None:
+            model.load_state_dict(start)
+        apply_masks(model, masks)
+        if epochs_per_step > 0:
+            train(model, splits, epochs=epochs_per_step, lr=lr, seed=seed + k, progress=progress,
+                  description=f"sparse fine-tune {s:.0%}",
+                  after_step=lambda mdl, held=masks: apply_masks(mdl, held))
+    model.eval()
+    return masks

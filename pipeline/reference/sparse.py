@@ -16,6 +16,14 @@ connected weight matrix ``W`` int8 [Cout, Cin] (row o = output channel o):
     ``values``   int8  [nnz]       the nonzero weights, row-major
     bytes = 2 * Cout + 2 * nnz + n_escapes
 
+``blocks`` -- block-compressed rows, 1x4 blocks along the input channels
+(Cin a multiple of 4; block j = columns 4j .. 4j+3):
+    ``row_nblk`` uint8 [2 * Cout]  stored blocks per row, little-endian uint16
+    ``deltas``   uint8 [n_deltas]  per stored block (one with any nonzero), the
+                                   gap in blocks, with ESCAPE bytes as in ``rows``
+    ``values``   int8  [4 * nblk]  the stored blocks' four weights each
+    bytes = 2 * Cout + 5 * nblk + n_escapes
+
 ``bitmap`` -- one bit per weight:
     ``bitmap``   uint8 [Cout * ceil(Cin / 8)]  bit j of byte b of row o set
                                    when W[o, 8 * b + j] != 0 (LSB first)
@@ -58,6 +66,14 @@ __all__ = [
     "sparse_fully_connected_s8",
     "bitmap_fully_connected_s8",
     "sparse_conv1x1_s8",
+    "sparse_conv2d_s8",
+    "BLOCK",
+    "BlockRows",
+    "encode_blocks",
+    "decode_blocks",
+    "blocks_bytes",
+    "block_fully_connected_s8",
+    "block_conv2d_s8",
 ]
 
 ESCAPE = 255
@@ -302,3 +318,144 @@ def sparse_conv1x1_s8(x: np.ndarray, enc: CompressedRows, bias: np.ndarray | Non
     m = np.broadcast_to(np.asarray(multiplier, dtype=np.int64), (cout,))
     s = np.broadcast_to(np.asarray(shift, dtype=np.int64), (cout,))
     return requantize_to_int8(acc, m, s, output_offset, act_min, act_max, mode)
+
+
+def sparse_conv2d_s8(x: np.ndarray, enc: CompressedRows, kernel: tuple[int, int],
+                     bias: np.ndarray | None = None, **conv) -> np.ndarray:
+    """KxK convolution on ``rows``-format weights [Cout, k_h*k_w*Cin]; C: mf_sparse_conv2d_s8.
+
+    The C kernel walks (ky, kx, ic) along each row; its bytes are by
+    definition those of the dense convolution on the decoded OHWI weights,
+    so the twin is that (``conv`` takes ``ops.conv2d_s8``'s keywords).
+    """
+    from . import ops
+
+    kh, kw = kernel
+    cin, rem = divmod(enc.in_features, kh * kw)
+    if rem:
+        raise ValueError(f"rows of {enc.in_features} columns are not a {kh}x{kw} kernel's")
+    w = decode_rows(enc).reshape(enc.out_features, kh, kw, cin)
+    return ops.conv2d_s8(x, w, bias, **conv)
+
+
+# ----------------------------------------------------------------------------
+# block-compressed rows (1x4 blocks along the input channels)
+
+BLOCK = 4
+"""Weights per block: one 32-bit load of weights and one of input on the DSP path."""
+
+
+@dataclass(frozen=True)
+class BlockRows:
+    """A weight matrix in the ``blocks`` format (see the module docstring)."""
+
+    out_features: int
+    in_features: int
+    row_nblk: np.ndarray  # uint8 [2 * out_features], little-endian uint16 block counts
+    deltas: np.ndarray  # uint8 [n_deltas], gaps in blocks
+    values: np.ndarray  # int8 [4 * nblk]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.row_nblk.size + self.deltas.size + self.values.size)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.row_nblk.reshape(-1, 2).astype(np.int64) @ np.array([1, 256])
+
+
+def _blocks(weights: np.ndarray) -> np.ndarray:
+    """int8 [Cout, Cin] -> [Cout, Cin / 4, 4]; Cin must be a multiple of 4."""
+    w = _weights(weights)
+    if w.shape[1] % BLOCK:
+        raise ValueError(f"blocks format needs in_features a multiple of {BLOCK}, got "
+                         f"{w.shape[1]}; store the layer as rows or bitmap")
+    return w.reshape(w.shape[0], -1, BLOCK)
+
+
+def blocks_bytes(weights: np.ndarray) -> int:
+    b = _blocks(weights).any(axis=2)
+    nblk, escapes = 0, 0
+    for row in b:
+        idx = np.flatnonzero(row)
+        nblk += idx.size
+        escapes += int((_gaps(idx) // ESCAPE).sum())
+    return 2 * b.shape[0] + (1 + BLOCK) * nblk + escapes
+
+
+def encode_blocks(weights: np.ndarray) -> BlockRows:
+    """Weights int8 [Cout, Cin] (Cin % 4 == 0) -> the ``blocks`` format."""
+    blocks = _blocks(weights)
+    counts, deltas, values = [], [], []
+    for row in blocks:
+        idx = np.flatnonzero(row.any(axis=1))
+        counts.append(idx.size)
+        for gap in _gaps(idx):
+            deltas.extend([ESCAPE] * int(gap // ESCAPE))
+            deltas.append(int(gap % ESCAPE))
+        values.append(row[idx].reshape(-1))
+    counts_arr = np.asarray(counts, dtype=np.uint16)
+    return BlockRows(
+        out_features=blocks.shape[0], in_features=blocks.shape[1] * BLOCK,
+        row_nblk=np.stack([counts_arr & 0xFF, counts_arr >> 8], axis=1).astype(np.uint8).ravel(),
+        deltas=np.asarray(deltas, dtype=np.uint8),
+        values=np.concatenate(values).astype(np.int8))
+
+
+def _walk_blocks(enc: BlockRows):
+    """Yield (row, columns, values) walking the streams as the C kernels do."""
+    d, v = 0, 0
+    n_blocks = enc.in_features // BLOCK
+    for o, n in enumerate(enc.counts):
+        idx = np.empty(int(n), dtype=np.int64)
+        blk = 0
+        for k in range(int(n)):
+            while enc.deltas[d] == ESCAPE:
+                blk += ESCAPE
+                d += 1
+            blk += int(enc.deltas[d])
+            d += 1
+            idx[k] = blk
+            blk += 1
+        if idx.size and idx[-1] >= n_blocks:
+            raise ValueError(f"row {o} indexes block {idx[-1]} of {n_blocks}")
+        cols = (BLOCK * idx[:, None] + np.arange(BLOCK)).reshape(-1)
+        yield o, cols, enc.values[v:v + BLOCK * int(n)]
+        v += BLOCK * int(n)
+    if d != enc.deltas.size or v != enc.values.size:
+        raise ValueError("blocks format: trailing deltas or values (a corrupt stream)")
+
+
+def decode_blocks(enc: BlockRows) -> np.ndarray:
+    """The ``blocks`` format -> dense int8 [Cout, Cin]."""
+    w = np.zeros((enc.out_features, enc.in_features), dtype=np.int8)
+    for o, cols, vals in _walk_blocks(enc):
+        w[o, cols] = vals
+    return w
+
+
+def block_fully_connected_s8(x: np.ndarray, enc: BlockRows, bias: np.ndarray | None = None,
+                             *, input_offset: int, output_offset: int, multiplier, shift,
+                             act_min: int = -128, act_max: int = 127,
+                             mode: RoundingMode = "double") -> np.ndarray:
+    """Fully connected on ``blocks``-format weights; C: mf_block_fully_connected_s8
+    (which takes the folded bias and packed requantization of the fast path instead
+    of ``bias``, ``input_offset``, ``multiplier`` and ``shift``: the same bytes)."""
+    return _sparse_fc(_walk_blocks, enc, x, bias, input_offset, output_offset, multiplier,
+                      shift, act_min, act_max, mode)
+
+
+def block_conv2d_s8(x: np.ndarray, enc: BlockRows, kernel: tuple[int, int],
+                    bias: np.ndarray | None = None, **conv) -> np.ndarray:
+    """KxK convolution on ``blocks``-format weights [Cout, k_h*k_w*Cin] (Cin % 4 == 0);
+    C: mf_block_conv2d_s8. As ``sparse_conv2d_s8``, the dense convolution on the
+    decoded OHWI weights (``conv``: ``ops.conv2d_s8``'s keywords)."""
+    from . import ops
+
+    kh, kw = kernel
+    cin, rem = divmod(enc.in_features, kh * kw)
+    if rem or cin % BLOCK:
+        raise ValueError(f"rows of {enc.in_features} columns are not a {kh}x{kw} kernel's "
+                         f"with input channels a multiple of {BLOCK}")
+    w = decode_blocks(enc).reshape(enc.out_features, kh, kw, cin)
+    return ops.conv2d_s8(x, w, bias, **conv)
