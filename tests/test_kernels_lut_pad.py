@@ -1,7 +1,9 @@
 """LOGISTIC, TANH (table lookup) and standalone PAD through the whole int8 path.
 
 - the C kernels mf_lut_s8 and mf_pad_s8 equal the numpy reference byte for
-  byte on hundreds of random cases, under ASan + UBSan (tests/c/lut_pad_driver.c);
+  byte on hundreds of random cases, under ASan + UBSan (tests/c/lut_pad_driver.c),
+  and on emulated boards: 15 cases each on the ATmega328P (simavr, tables and
+  params in flash), 40 each on Cortex-M4 and M3 (QEMU; tests/emulated_kernels.py);
 - the reference tables are what TFLite computes (the oracle tests in
   test_tflite_oracles.py check them against TFLite Micro and LiteRT; here:
   their shape against the real functions, and where the modes part);
@@ -18,6 +20,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+import emulated_kernels as emu
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
@@ -306,72 +309,62 @@ def test_logistic_and_tanh_run_in_place():
     assert plan.arena_size == plan.lower_bound == 60
 
 
-# -- on an emulated ATmega328P: tables and params in flash (PROGMEM) ---------------------------
+# -- on emulated boards: ATmega328P (tables and params in flash, PROGMEM), Cortex-M4 and M3 ----
 
 
-def _c_bytes(name: str, a: np.ndarray) -> str:
-    return (f"static const int8_t {name}[{max(a.size, 1)}] MF_CONST = "
-            f"{{{', '.join(str(int(v)) for v in a.ravel()) or '0'}}};")
+def _emulator_cases(rng: np.random.Generator, n_each: int, arena: int):
+    """C declarations, calls and expected outputs: ``n_each`` lookups and ``n_each`` pads.
+
+    Lookups alternate between in place and a separate output; pads load their
+    input 0 to 3 bytes into the arena and write right after it, so neither is
+    word-aligned.
+    """
+    decls, calls, expected = [], [], []
+    modes = ("double", "single", "litert")
+    for i in range(2 * n_each):
+        if i % 2 == 0:
+            op = ops.LUT_OPS[i % 4 // 2]
+            table = ops.lut_table(op, float(np.exp(rng.uniform(np.log(1e-3), np.log(2.0)))),
+                                  int(rng.integers(-128, 128)), modes[i // 2 % 3])
+            x = rng.integers(-128, 128, int(rng.integers(1, min(700, arena // 2)))).astype(np.int8)
+            out = "mf_test_arena" if i % 4 == 0 else f"mf_test_arena + {x.size}"  # in place
+            decls += [f"static const mf_lut_params p{i} MF_CONST = {{.size = {x.size}}};",
+                      emu.c_array(f"t{i}", table), emu.c_array(f"x{i}", x)]
+            calls += [f"mf_test_load(mf_test_arena, x{i}, {x.size});",
+                      f"mf_lut_s8(&p{i}, t{i}, mf_test_arena, {out});",
+                      f"mf_test_emit({i}, {out}, {x.size});"]
+            expected.append(ops.lut_s8(x, table))
+        else:
+            while True:
+                shape, paddings, fill = _random_pad_case(rng)
+                x = rng.integers(-128, 128, shape).astype(np.int8)
+                want = ops.pad_s8(x, paddings, fill)
+                if 3 + x.size + want.size <= arena:
+                    break
+            f = pad_fields(shape, paddings, fill)
+            init = ", ".join(f".{k} = {v}" for k, v in f.items())
+            off = int(rng.integers(0, 4))
+            decls += [f"static const mf_pad_params p{i} MF_CONST = {{{init}}};",
+                      emu.c_array(f"x{i}", x)]
+            calls += [f"mf_test_load(mf_test_arena + {off}, x{i}, {x.size});",
+                      f"mf_pad_s8(&p{i}, mf_test_arena + {off}, mf_test_arena + {off + x.size});",
+                      f"mf_test_emit({i}, mf_test_arena + {off + x.size}, {want.size});"]
+            expected.append(want.ravel())
+    return decls, calls, expected
+
+
+_LUT_PAD_SOURCES = [runtime_dir() / "src" / "lut_s8.c", runtime_dir() / "src" / "pad_s8.c"]
 
 
 def test_lut_and_pad_on_emulated_atmega328p_read_flash(tmp_path):
-    import re
-    import shutil
+    decls, calls, expected = _emulator_cases(np.random.default_rng(6), 15, emu.AVR_ARENA)
+    outputs = emu.run_cases(tmp_path, "atmega328p", emu.program(decls, calls), _LUT_PAD_SOURCES)
+    emu.assert_outputs(outputs, expected)
 
-    for tool in ("avr-gcc", "simavr"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed: apt-get install gcc-avr avr-libc simavr")
-    rng = np.random.default_rng(6)
-    decls, calls, expected = [], [], []
-    for i in range(12):
-        if i % 2 == 0:
-            op = ops.LUT_OPS[i % 4 // 2]
-            table = ops.lut_table(op, float(rng.uniform(0.005, 0.2)), int(rng.integers(-128, 128)))
-            x = rng.integers(-128, 128, int(rng.integers(1, 300))).astype(np.int8)
-            decls += [f"static const mf_lut_params p{i} MF_CONST = {{.size = {x.size}}};",
-                      _c_bytes(f"t{i}", table), _c_bytes(f"x{i}", x)]
-            calls += [f"mf_test_load(mf_test_arena, x{i}, {x.size});",
-                      f"mf_lut_s8(&p{i}, t{i}, mf_test_arena, mf_test_arena);",  # in place
-                      f"mf_test_emit({i}, mf_test_arena, {x.size});"]
-            expected.append(ops.lut_s8(x, table))
-        else:
-            shape, paddings, fill = _random_pad_case(rng)
-            x = rng.integers(-128, 128, shape).astype(np.int8)
-            want = ops.pad_s8(x, paddings, fill)
-            f = pad_fields(shape, paddings, fill)
-            init = ", ".join(f".{k} = {v}" for k, v in f.items())
-            decls += [f"static const mf_pad_params p{i} MF_CONST = {{{init}}};",
-                      _c_bytes(f"x{i}", x)]
-            calls += [f"mf_test_load(mf_test_arena, x{i}, {x.size});",
-                      f"mf_pad_s8(&p{i}, mf_test_arena, mf_test_arena + {x.size});",
-                      f"mf_test_emit({i}, mf_test_arena + {x.size}, {want.size});"]
-            expected.append(want.ravel())
-    src = tmp_path / "cases.c"
-    src.write_text("\n".join([
-        "#include <stdint.h>", '#include "mf_runtime.h"', "extern int8_t mf_test_arena[];",
-        "void mf_test_load(int8_t *dst, const int8_t *src, uint16_t n);",
-        "void mf_test_emit(uint16_t case_index, const int8_t *out, uint16_t n);",
-        "void mf_test_run_cases(void);", *decls, "void mf_test_run_cases(void)", "{",
-        *("    " + c for c in calls), "}", ""]))
-    elf = tmp_path / "lut_pad.elf"
-    inc = runtime_dir() / "include"
-    cmd = ["avr-gcc", "-mmcu=atmega328p", "-Os", "-std=c99", "-Wall", "-Wextra", "-Werror",
-           f"-I{inc}", str(Path(__file__).parent / "c" / "avr_harness.c"), str(src),
-           str(runtime_dir() / "src" / "lut_s8.c"), str(runtime_dir() / "src" / "pad_s8.c"),
-           "-ffunction-sections", "-Wl,--gc-sections", "-o", str(elf)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    sim = subprocess.run(["simavr", "-m", "atmega328p", "-f", "16000000", str(elf)],
-                         capture_output=True, text=True, timeout=60)
-    text = "".join(piece[:-1] + "\n" if piece.endswith(".") else piece
-                   for piece in re.sub(r"\x1b\[[0-9;]*m", "", sim.stderr).split("\n"))
-    lines = text.splitlines()
-    assert lines and lines[-1] == "END", sim.stderr[-2000:]
-    got = {}
-    for line in lines[:-1]:
-        m = re.fullmatch(r"O([0-9a-f]{4}) ([0-9a-f]*)", line)
-        assert m, f"unexpected UART line {line!r}"
-        got[int(m.group(1), 16)] = np.frombuffer(bytes.fromhex(m.group(2)), dtype=np.int8)
-    assert sorted(got) == list(range(len(expected)))
-    for i, want in enumerate(expected):
-        np.testing.assert_array_equal(got[i], want, err_msg=f"case {i}")
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", ["qemu-mps2-an386", "qemu-mps2-an385"], ids=["m4", "m3"])
+def test_lut_and_pad_on_emulated_cortex_m_match_reference(tmp_path, board):
+    decls, calls, expected = _emulator_cases(np.random.default_rng(7), 40, 4096)
+    outputs = emu.run_cases(tmp_path, board, emu.program(decls, calls), _LUT_PAD_SOURCES)
+    emu.assert_outputs(outputs, expected)
