@@ -751,6 +751,7 @@ CROSS = {
     "cortex-m4-O0": ("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-O0"], _ARM),
     "cortex-m7": ("arm-none-eabi-gcc", ["-mcpu=cortex-m7", "-mthumb", "-O2"], _ARM),
     "cortex-m0plus": ("arm-none-eabi-gcc", ["-mcpu=cortex-m0plus", "-mthumb", "-O2"], _ARM),
+    "cortex-m3": ("arm-none-eabi-gcc", ["-mcpu=cortex-m3", "-mthumb", "-O2"], _ARM),
     "atmega328p": ("avr-gcc", ["-mmcu=atmega328p", "-Os"], "apt-get install gcc-avr avr-libc"),
 }
 
