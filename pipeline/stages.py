@@ -205,6 +205,7 @@ def stage_build(run: RunFolder, target: str | None = None) -> dict[str, Any]:
     res = build_firmware(project, board)
     info = res.to_json() if hasattr(res, "to_json") else dict(res.__dict__)
     info["board"] = board.name
+    info["code_bytes"] = _code_bytes(run.file("firmware") / "firmware.map")
     from .target.arduino import export_for_run  # Arduino boards: the model as a library too
 
     library = export_for_run(run.path, board)
@@ -212,6 +213,21 @@ def stage_build(run: RunFolder, target: str | None = None) -> dict[str, Any]:
         info["arduino_library"] = str(library)
     run.write_json("build.json", info)
     return info
+
+
+def _code_bytes(map_file: Path) -> dict[str, Any]:
+    """Linked bytes by origin, from the linker's map: the runtime's kernels (per object),
+    the generated model code, its weights. {"reason": ...} when there is no usable map."""
+    from .codegen.codesize import code_size_from_map
+
+    if not map_file.is_file():
+        return {"reason": f"no linker map ({map_file.name}) in the firmware project"}
+    try:
+        size = code_size_from_map(map_file)
+    except ValueError as exc:
+        return {"reason": str(exc)}
+    return {"runtime": size.runtime_code, "model": size.model_code, "weights": size.weights,
+            "runtime_by_object": size.runtime_functions(), "reason": None}
 
 
 def stage_validate(run: RunFolder, port: str | None = None, limit: int | None = None,

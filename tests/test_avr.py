@@ -238,6 +238,12 @@ def test_generated_model_hash_stays_in_flash_and_the_uno_reports_it(tmp_path):
     nm = subprocess.run(["avr-nm", str(build.elf)], capture_output=True, text=True, check=True)
     addr = int(next(ln.split()[0] for ln in nm.stdout.splitlines() if ln.endswith(" model_hash")), 16)
     assert addr < 0x800000, f"model_hash at 0x{addr:x}: in RAM (0x800000+), not in flash"
+    # The linker map attributes AVR's PROGMEM constants (.progmem.data.*) to their objects.
+    from microfit.codegen.codesize import code_size_from_map
+
+    size = code_size_from_map(build.elf.parent / "firmware.map")
+    assert size.weights >= gen.weight_bytes > 0
+    assert size.model_code >= 8 and size.runtime_code > 0
     xq = np.random.default_rng(4).integers(-128, 128, (3, *q.tensors[q.inputs[0]].shape[1:]),
                                            dtype=np.int8)
     session = SimavrSession(board, build.elf)

@@ -93,6 +93,11 @@ def check_report(tiny_run: RunFolder) -> None:
     mem = rep["memory"]
     assert mem["arena_lower_bound"] <= mem["arena"] <= mem["sum_of_tensors"]
     assert mem["tflm_arena"]["head"] is not None or mem["tflm_arena"]["reason"]
+    # Linked flash by origin, from the linker map: kernels apart from the model's weights.
+    code = mem["code_bytes"]
+    assert code["reason"] is None and code["runtime"] > 0 and code["weights"] > 0
+    assert code["runtime"] == sum(code["runtime_by_object"].values())
+    assert any(k.startswith("conv2d_s8") for k in code["runtime_by_object"])
     dev = rep["device"]
     for key in ("agreement", "per_inference", "latency_us", "throughput", "link", "layers",
                 "confusion", "per_class_accuracy", "clock_hz"):
@@ -104,6 +109,7 @@ def check_report(tiny_run: RunFolder) -> None:
     md = tiny_run.file("report.md").read_text()
     assert "### Per layer" in md and "CONV_2D" in md and "Confusion matrix" in md
     assert "not given (instructions are not time)" in md
+    assert "runtime kernels" in md and "model code" in md
 
     # report.json is current: `report` renders it as it stands.
     rep["device"]["agreement"] = 0.5

@@ -54,7 +54,7 @@ class CodeSize:
 
 
 def _kind(section: str) -> str | None:
-    if section.startswith((".text", ".rodata")):
+    if section.startswith((".text", ".rodata", ".progmem")):  # .progmem: AVR's flash constants
         return "code"
     if section.startswith(".data"):
         return "data"

@@ -133,6 +133,8 @@ def build_report(run: RunFolder) -> dict[str, Any]:
                 "head": None, "total": None, "host": None, "tflite_micro": None,
                 "reason": "not measured: generate.json predates it; re-run `microfit generate`"},
             "weights": gen.get("weight_bytes"),
+            # From the linker map at build time (stages._code_bytes); absent before a build.
+            "code_bytes": build.get("code_bytes"),
         }
     return {
         "schema": SCHEMA_VERSION,
@@ -245,7 +247,20 @@ def _arena_lines(m: dict[str, Any]) -> list[str]:
             f"(the most bytes alive at one step); sum of all tensors "
             f"{_fmt_int(m.get('sum_of_tensors'))} B (no reuse)",
             f"- TFLite Micro, same model as .tflite: {_tflm_text(m.get('tflm_arena'))}",
-            f"- weights and constants: {_fmt_int(m.get('weights'))} B"]
+            f"- weights and constants: {_fmt_int(m.get('weights'))} B", *_code_lines(m.get("code_bytes"))]
+
+
+def _code_lines(c: dict[str, Any] | None) -> list[str]:
+    """Linked flash by origin: the runtime's kernels apart from the model and its weights."""
+    if not c:
+        return []
+    if c.get("reason"):
+        return [f"- linked code by origin: not measured ({c['reason']})"]
+    kernels = ", ".join(f"{k} {_fmt_int(v)}" for k, v in
+                        sorted((c.get("runtime_by_object") or {}).items(), key=lambda kv: -kv[1]))
+    return [f"- linked (after --gc-sections): runtime kernels {_fmt_int(c.get('runtime'))} B "
+            f"({kernels}), model code {_fmt_int(c.get('model'))} B, weights "
+            f"{_fmt_int(c.get('weights'))} B"]
 
 
 def render_markdown(rep: dict[str, Any]) -> str:
