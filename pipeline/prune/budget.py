@@ -343,7 +343,7 @@ def size_sparse(model: nn.Module, sparsity: float, pattern: str, input_shape: Se
     if sparsity <= 0:
         return size_model(model, input_shape, calib_x, board_name)
     masked = copy.deepcopy(model)
-    apply_masks(masked, make_masks(masked, sparsity, pattern))
+    apply_masks(masked, make_masks(masked, sparsity, pattern, input_shape=input_shape))
     return size_model(masked, input_shape, calib_x, board_name)
 
 
@@ -366,6 +366,7 @@ class _SparsitySizer:
         from .macs import count_macs_params
 
         self.model, self.shape, self.calib, self.board = model, input_shape, calib_x, board_name
+        self.layouts = None  # flattened Linears' (C, H*W), for block / N:M masks
         self._tmp = tempfile.TemporaryDirectory()
         path = Path(self._tmp.name) / "model.onnx"
         export_onnx(model, input_shape, path, num_checks=1)
@@ -380,9 +381,12 @@ class _SparsitySizer:
         from ..codegen.generate import generate
         from ..ir.onnx_import import import_onnx, nchw_to_ir
         from ..quantize.quantize import quantize
-        from .unstructured import make_masks
+        from .unstructured import flattened_layouts, make_masks
 
-        masks = make_masks(self.model, sparsity, pattern) if sparsity > 0 else {}
+        if pattern in ("block", "n:m") and self.layouts is None:
+            self.layouts = flattened_layouts(self.model, self.shape)  # traced once
+        masks = make_masks(self.model, sparsity, pattern,
+                           layouts=self.layouts) if sparsity > 0 else {}
         modules = dict(self.model.named_modules())
         weights = {f"{n}.weight": (modules[n].weight.detach() * m).numpy()
                    for n, m in masks.items()}

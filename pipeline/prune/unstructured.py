@@ -14,13 +14,20 @@ Patterns are laid out the way the kernels walk the weights: a conv weight
 entries of a row. A block of ``(bo, bi)`` covers ``bo`` output channels by
 ``bi`` consecutive input channels at one kernel tap and is kept or zeroed
 whole, ranked by its mean absolute weight; N:M keeps the N largest of every
-M consecutive input channels. For a Linear after a Flatten the input index
-is torch's (C, H, W) one.
+M consecutive input channels. A Linear after a Flatten of an (N, C, H, W)
+feature map reads its input in the generated code's NHWC order, so given
+the model's ``input_shape`` its columns are grouped in that order: torch's
+column ``c*H*W + h*W + w`` is the row's ``(h*W + w)*C + c``, and a 1x4 block
+is four consecutive channels at one (h, w) (``flattened_layouts``). Without
+``input_shape`` a flattened Linear is grouped in torch's order, and its
+blocks scatter over the generated rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -92,6 +99,86 @@ def weight_sparsity(model: nn.Module) -> float:
 # ----------------------------------------------------------------------------
 # block and N:M patterns
 
+Layouts = Mapping[str, tuple[int, int]]
+_FLATTENS = {"flatten", "view", "reshape"}
+
+
+def _is_flatten(node) -> bool:
+    if node.op == "call_module":
+        return isinstance(node.graph.owning_module.get_submodule(str(node.target)), nn.Flatten)
+    if node.op == "call_function":
+        return node.target in (torch.flatten, torch.reshape)
+    return node.op == "call_method" and node.target in _FLATTENS
+
+
+def flattened_layouts(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+    """``{linear name: (C, H*W)}`` for every Linear whose input is a 4-D (N, C, H, W)
+    feature map flattened (through elementwise ops such as Dropout or ReLU after the
+    flatten); the generated code reads those columns in NHWC order.
+
+    ``input_shape`` is the model input's full shape with the batch dimension. The
+    model is traced with torch.fx on a copy (as the pruning graph is); a model
+    torch.fx cannot trace gets a warning and no layouts (torch's column order).
+    """
+    from .graph import _run_shapes, trace
+
+    try:
+        gm = trace(copy.deepcopy(model).cpu().float())
+    except Exception as exc:  # noqa: BLE001 - any tracing failure falls back to torch order
+        warnings.warn(f"block/N:M masks group flattened Linear columns in torch's NCHW order: "
+                      f"{exc}", stacklevel=2)
+        return {}
+    _run_shapes(gm, input_shape)
+
+    def shape(node) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
+        return tuple(int(d) for d in meta.shape) if hasattr(meta, "shape") else None
+
+    layouts: dict[str, tuple[int, int]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not node.args:
+            continue
+        module = gm.get_submodule(str(node.target))
+        if not isinstance(module, nn.Linear):
+            continue
+        src = node.args[0]
+        flat = shape(src)
+        # Walk back over elementwise ops (one tensor input of the same 2-D shape).
+        while not _is_flatten(src):
+            ins = [n for n in src.all_input_nodes if shape(n) is not None]
+            if flat is None or len(flat) != 2 or len(ins) != 1 or shape(ins[0]) != flat:
+                break
+            src = ins[0]
+        if not _is_flatten(src) or not src.all_input_nodes:
+            continue
+        fmap = shape(src.all_input_nodes[0])
+        if (flat is not None and len(flat) == 2 and fmap is not None and len(fmap) == 4
+                and fmap[1] * fmap[2] * fmap[3] == module.in_features == flat[1]):
+            layouts[str(node.target)] = (fmap[1], fmap[2] * fmap[3])
+    return layouts
+
+
+def _layouts(model: nn.Module, input_shape: Sequence[int] | None,
+             layouts: Layouts | None) -> Layouts:
+    if layouts is not None:
+        return layouts
+    return flattened_layouts(model, input_shape) if input_shape is not None else {}
+
+
+def _to_generated(w: torch.Tensor, layout: tuple[int, int] | None) -> torch.Tensor:
+    """A flattened Linear's [O, C*HW] weight with its columns in NHWC order [O, HW*C]."""
+    if layout is None:
+        return w
+    c, hw = layout
+    return w.reshape(w.shape[0], c, hw).transpose(1, 2).reshape(w.shape[0], hw * c)
+
+
+def _from_generated(m: torch.Tensor, layout: tuple[int, int] | None) -> torch.Tensor:
+    if layout is None:
+        return m
+    c, hw = layout
+    return m.reshape(m.shape[0], hw, c).transpose(1, 2).reshape(m.shape[0], c * hw).contiguous()
+
 
 def _rows_view(w: torch.Tensor) -> torch.Tensor:
     """[Cout, Cin, *k] -> [Cout, *k, Cin] (the generated code's OHWI rows); Linear unchanged."""
@@ -126,13 +213,18 @@ def _expand_block_mask(keep: torch.Tensor, w: torch.Tensor, block: tuple[int, in
 
 
 def block_masks(model: nn.Module, sparsity: float, block: tuple[int, int] = (1, 4),
-                scope: str = "global", skip: Iterable[str] = ()) -> Masks:
+                scope: str = "global", skip: Iterable[str] = (), *,
+                input_shape: Sequence[int] | None = None,
+                layouts: Layouts | None = None) -> Masks:
     """Masks that zero whole ``(out, in)`` blocks of weights, ``sparsity`` of the blocks.
 
     ``block=(1, 4)`` is four consecutive input channels of one output channel
     and tap (what a packed 4-byte load reads); ``(4, 1)`` four output channels
     at one input. Rows whose length is no multiple of the block end in a
-    partial block, ranked by the mean of the weights it has.
+    partial block, ranked by the mean of the weights it has. ``input_shape``
+    (with the batch dimension) lets a Linear after a Flatten be grouped in the
+    generated NHWC column order; ``layouts`` is ``flattened_layouts``' answer
+    when the caller has it already.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -140,7 +232,8 @@ def block_masks(model: nn.Module, sparsity: float, block: tuple[int, int] = (1, 
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if len(block) != 2 or min(block) < 1:
         raise ValueError(f"block must be (out, in) with both >= 1, got {block}")
-    weights = _weights(model, skip)
+    lay = _layouts(model, input_shape, layouts)
+    weights = {name: _to_generated(w, lay.get(name)) for name, w in _weights(model, skip).items()}
     scores = {name: _block_scores(w, block)[0] for name, w in weights.items()}
     masks: Masks = {}
     if scope == "layer":
@@ -152,20 +245,25 @@ def block_masks(model: nn.Module, sparsity: float, block: tuple[int, int] = (1, 
             keep[name] = flat[start:start + s.numel()].view_as(s)
             start += s.numel()
     for name, w in weights.items():
-        masks[name] = _expand_block_mask(keep[name], w, block)
+        masks[name] = _from_generated(_expand_block_mask(keep[name], w, block), lay.get(name))
     return masks
 
 
-def nm_masks(model: nn.Module, n: int = 2, m: int = 4, skip: Iterable[str] = ()) -> Masks:
+def nm_masks(model: nn.Module, n: int = 2, m: int = 4, skip: Iterable[str] = (), *,
+             input_shape: Sequence[int] | None = None,
+             layouts: Layouts | None = None) -> Masks:
     """Masks keeping the ``n`` largest |w| of every ``m`` consecutive input channels.
 
     Sparsity is 1 - n/m (a row's last, partial group keeps at most ``n``).
-    Ties keep the earlier weight.
+    Ties keep the earlier weight. ``input_shape`` and ``layouts`` as in
+    ``block_masks`` (groups in a flattened Linear's generated order).
     """
     if not 1 <= n <= m:
         raise ValueError(f"N:M needs 1 <= n <= m, got {n}:{m}")
+    lay = _layouts(model, input_shape, layouts)
     masks: Masks = {}
-    for name, w in _weights(model, skip).items():
+    for name, full in _weights(model, skip).items():
+        w = _to_generated(full, lay.get(name))
         r = _rows_view(w.detach().abs())
         cin = r.shape[-1]
         pad = -cin % m
@@ -176,20 +274,23 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, skip: Iterable[str] = ())
         keep = torch.zeros_like(g)
         keep.scatter_(-1, order[..., :n], 1.0)
         keep = keep.reshape(g.shape[0], -1)[:, :cin].reshape(r.shape)
-        masks[name] = _from_rows_view(keep.to(w.dtype), w)
+        masks[name] = _from_generated(_from_rows_view(keep.to(w.dtype), w), lay.get(name))
     return masks
 
 
 def make_masks(model: nn.Module, sparsity: float, pattern: str = "unstructured", *,
                block: tuple[int, int] = (1, 4), nm: tuple[int, int] = (2, 4),
-               scope: str = "global", skip: Iterable[str] = ()) -> Masks:
-    """Masks of one ``pattern`` (see PATTERNS); N:M ignores ``sparsity`` (it is 1 - n/m)."""
+               scope: str = "global", skip: Iterable[str] = (),
+               input_shape: Sequence[int] | None = None, layouts: Layouts | None = None) -> Masks:
+    """Masks of one ``pattern`` (see PATTERNS); N:M ignores ``sparsity`` (it is 1 - n/m).
+    ``input_shape`` / ``layouts``: see ``block_masks`` (unused by "unstructured")."""
     if pattern == "unstructured":
         return magnitude_masks(model, sparsity, scope, skip)
     if pattern == "block":
-        return block_masks(model, sparsity, block, scope, skip)
+        return block_masks(model, sparsity, block, scope, skip, input_shape=input_shape,
+                           layouts=layouts)
     if pattern == "n:m":
-        return nm_masks(model, *nm, skip=skip)
+        return nm_masks(model, *nm, skip=skip, input_shape=input_shape, layouts=layouts)
     raise ValueError(f"unknown sparsity pattern {pattern!r}; use one of {PATTERNS}")
 
 
@@ -225,16 +326,19 @@ def sparsify(model: nn.Module, splits, sparsity: float, *, pattern: str = "unstr
 
     Masks only grow: a weight zeroed at one step stays zero. "imp-weight-rewind"
     resets the surviving weights to those ``model`` started with before each
-    retraining. Returns the final masks (``model`` holds them exactly).
+    retraining. Returns the final masks (``model`` holds them exactly). Block and N:M
+    masks group a flattened Linear's columns in the generated NHWC order, learned
+    from ``splits.input_shape``.
     """
-    import copy
-
     from ..train.fit import train
     from .api import DEFAULT_FINETUNE_LR
 
     lr = DEFAULT_FINETUNE_LR if lr is None else lr
     start = copy.deepcopy(model.state_dict()) if schedule == "imp-weight-rewind" else None
     plan = [sparsity] if pattern == "n:m" else sparsity_steps(sparsity, steps, schedule)
+    if pattern in ("block", "n:m") and "layouts" not in mask_kw:
+        mask_kw["layouts"] = flattened_layouts(
+            model, mask_kw.pop("input_shape", None) or (1, *splits.input_shape))
     masks: Masks = {}
     for k, s in enumerate(plan):
         new = make_masks(model, s, pattern, **mask_kw)
