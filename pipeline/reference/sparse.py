@@ -157,39 +157,50 @@ def bitmap_bytes(weights: np.ndarray) -> int:
 # ----------------------------------------------------------------------------
 # encode / decode
 
+def _encode_positions(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's sorted positions (columns or block indices) as the formats store them:
+    (counts as little-endian uint16 bytes, gap bytes with 255-escapes)."""
+    deltas: list[int] = []
+    for pos in rows:
+        for gap in _gaps(pos):
+            deltas.extend([ESCAPE] * int(gap // ESCAPE))
+            deltas.append(int(gap % ESCAPE))
+    counts = np.asarray([pos.size for pos in rows], dtype=np.uint16)
+    return (np.stack([counts & 0xFF, counts >> 8], axis=1).astype(np.uint8).ravel(),
+            np.asarray(deltas, dtype=np.uint8))
+
+
+def _decode_positions(deltas: np.ndarray, d: int, n: int) -> tuple[np.ndarray, int]:
+    """The next ``n`` positions of one row from the gap bytes at ``deltas[d:]``, as the C
+    kernels walk them; returns them and the index of the next row's first gap byte."""
+    pos = np.empty(n, dtype=np.int64)
+    p = 0
+    for k in range(n):
+        while deltas[d] == ESCAPE:
+            p += ESCAPE
+            d += 1
+        p += int(deltas[d])
+        d += 1
+        pos[k] = p
+        p += 1
+    return pos, d
+
+
 def encode_rows(weights: np.ndarray) -> CompressedRows:
     """Weights int8 [Cout, Cin] -> the ``rows`` format."""
     w = _weights(weights)
-    counts, deltas, values = [], [], []
-    for row in w:
-        cols = np.flatnonzero(row)
-        counts.append(cols.size)
-        for gap in _gaps(cols):
-            deltas.extend([ESCAPE] * int(gap // ESCAPE))
-            deltas.append(int(gap % ESCAPE))
-        values.append(row[cols])
-    counts_arr = np.asarray(counts, dtype=np.uint16)
+    cols = [np.flatnonzero(row) for row in w]
+    counts, deltas = _encode_positions(cols)
     return CompressedRows(
-        out_features=w.shape[0], in_features=w.shape[1],
-        row_nnz=np.stack([counts_arr & 0xFF, counts_arr >> 8], axis=1).astype(np.uint8).ravel(),
-        deltas=np.asarray(deltas, dtype=np.uint8),
-        values=np.concatenate(values).astype(np.int8))
+        out_features=w.shape[0], in_features=w.shape[1], row_nnz=counts, deltas=deltas,
+        values=np.concatenate([row[c] for row, c in zip(w, cols, strict=True)]).astype(np.int8))
 
 
 def _walk_rows(enc: CompressedRows):
     """Yield (row, columns, values) by walking the streams as the C kernel does."""
     d, v = 0, 0
     for o, n in enumerate(enc.counts):
-        cols = np.empty(int(n), dtype=np.int64)
-        col = 0
-        for k in range(int(n)):
-            while enc.deltas[d] == ESCAPE:
-                col += ESCAPE
-                d += 1
-            col += int(enc.deltas[d])
-            d += 1
-            cols[k] = col
-            col += 1
+        cols, d = _decode_positions(enc.deltas, d, int(n))
         if cols.size and cols[-1] >= enc.in_features:
             raise ValueError(f"row {o} indexes column {cols[-1]} of {enc.in_features}")
         yield o, cols, enc.values[v:v + int(n)]
@@ -386,20 +397,13 @@ def blocks_bytes(weights: np.ndarray) -> int:
 def encode_blocks(weights: np.ndarray) -> BlockRows:
     """Weights int8 [Cout, Cin] (Cin % 4 == 0) -> the ``blocks`` format."""
     blocks = _blocks(weights)
-    counts, deltas, values = [], [], []
-    for row in blocks:
-        idx = np.flatnonzero(row.any(axis=1))
-        counts.append(idx.size)
-        for gap in _gaps(idx):
-            deltas.extend([ESCAPE] * int(gap // ESCAPE))
-            deltas.append(int(gap % ESCAPE))
-        values.append(row[idx].reshape(-1))
-    counts_arr = np.asarray(counts, dtype=np.uint16)
+    idx = [np.flatnonzero(row.any(axis=1)) for row in blocks]
+    counts, deltas = _encode_positions(idx)
     return BlockRows(
-        out_features=blocks.shape[0], in_features=blocks.shape[1] * BLOCK,
-        row_nblk=np.stack([counts_arr & 0xFF, counts_arr >> 8], axis=1).astype(np.uint8).ravel(),
-        deltas=np.asarray(deltas, dtype=np.uint8),
-        values=np.concatenate(values).astype(np.int8))
+        out_features=blocks.shape[0], in_features=blocks.shape[1] * BLOCK, row_nblk=counts,
+        deltas=deltas,
+        values=np.concatenate([row[i].reshape(-1)
+                               for row, i in zip(blocks, idx, strict=True)]).astype(np.int8))
 
 
 def _walk_blocks(enc: BlockRows):
@@ -407,16 +411,7 @@ def _walk_blocks(enc: BlockRows):
     d, v = 0, 0
     n_blocks = enc.in_features // BLOCK
     for o, n in enumerate(enc.counts):
-        idx = np.empty(int(n), dtype=np.int64)
-        blk = 0
-        for k in range(int(n)):
-            while enc.deltas[d] == ESCAPE:
-                blk += ESCAPE
-                d += 1
-            blk += int(enc.deltas[d])
-            d += 1
-            idx[k] = blk
-            blk += 1
+        idx, d = _decode_positions(enc.deltas, d, int(n))
         if idx.size and idx[-1] >= n_blocks:
             raise ValueError(f"row {o} indexes block {idx[-1]} of {n_blocks}")
         cols = (BLOCK * idx[:, None] + np.arange(BLOCK)).reshape(-1)
