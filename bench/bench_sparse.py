@@ -121,7 +121,7 @@ def avr_cycles(generated: Path, inputs: np.ndarray, work: Path, mcu: str = "atme
 
     Returns (cycles per input, outputs int8 [N, out]).
     """
-    from microfit.build.host import runtime_dir, runtime_sources
+    from microfit.toolchain.host import runtime_dir, runtime_sources
 
     inputs = np.ascontiguousarray(inputs, dtype=np.int8).reshape(len(inputs), -1)
     rows = ",\n".join("{" + ", ".join(str(int(v)) for v in x) + "}" for x in inputs)
@@ -457,7 +457,6 @@ def _uno(trained, splits, quick: bool, work: Path) -> tuple[list[dict], list[str
     """The default model on a real Uno (ATmega328P, simavr-uno): channel-pruned by the
     budget search until it fits, then 80% sparse; flash from the real firmware build,
     cycles in simavr on the ATmega328P."""
-    from microfit.build.firmware import build_firmware
     from microfit.codegen.generate import generate
     from microfit.prune import apply_plan
     from microfit.prune.budget import fit_to_budget
@@ -465,6 +464,7 @@ def _uno(trained, splits, quick: bool, work: Path) -> tuple[list[dict], list[str
     from microfit.reference.executor import run_int8
     from microfit.target.boards import load_board
     from microfit.target.project import render_project
+    from microfit.toolchain.firmware import build_firmware
     from microfit.train import evaluate, train
 
     board = load_board("simavr-uno")

@@ -194,9 +194,9 @@ def stage_generate(run: RunFolder, target: str | None = None,
 
 
 def stage_build(run: RunFolder, target: str | None = None) -> dict[str, Any]:
-    from .build.firmware import build_firmware
     from .target.boards import load_board
     from .target.project import render_project
+    from .toolchain.firmware import build_firmware
 
     target = target or run.settings().get("target") or DEFAULT_TARGET
     run.update_settings(target=target)

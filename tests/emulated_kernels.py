@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microfit.build.host import runtime_dir
+from microfit.toolchain.host import runtime_dir
 
 C_DIR = Path(__file__).parent / "c"
 AVR_ARENA = 1280  # bytes of mf_test_arena in avr_harness.c

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microfit.build.firmware import build_firmware
 from microfit.emulate import SimavrSession, emulator_session
 from microfit.emulate import simavr as simavr_mod
 from microfit.errors import DeviceError, FitError, ToolchainMissingError
@@ -18,6 +17,7 @@ from microfit.harness.client import DeviceClient
 from microfit.harness.validate import validate
 from microfit.target.boards import load_board
 from microfit.target.project import render_project
+from microfit.toolchain.firmware import build_firmware
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ECHO = FIXTURES / "echo_model"

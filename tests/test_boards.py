@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from microfit.build.firmware import build_firmware
 from microfit.emulate import emulator_session
 from microfit.errors import BoardNotFoundError
 from microfit.harness.client import DeviceClient
 from microfit.target.boards import list_boards, load_board
 from microfit.target.project import render_project
+from microfit.toolchain.firmware import build_firmware
 
 ECHO = Path(__file__).parent / "fixtures" / "echo_model"
 REQUIRED = (

@@ -140,9 +140,9 @@ needs_qemu = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def echo_elf(tmp_path_factory):
-    from microfit.build.firmware import build_firmware
     from microfit.target.boards import load_board
     from microfit.target.project import render_project
+    from microfit.toolchain.firmware import build_firmware
 
     board = load_board("qemu-mps2-an386")
     out = tmp_path_factory.mktemp("fault_an386")

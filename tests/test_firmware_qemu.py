@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microfit.build.firmware import build_firmware
 from microfit.emulate.qemu import QemuSession
 from microfit.errors import DeviceError, ModelMismatchError, ProtocolError
 from microfit.harness import protocol as P
@@ -18,6 +17,7 @@ from microfit.harness.client import DeviceClient
 from microfit.harness.validate import validate
 from microfit.target.boards import load_board
 from microfit.target.project import render_project
+from microfit.toolchain.firmware import build_firmware
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microfit.build.host import compile_host, runtime_dir
 from microfit.errors import ToolchainMissingError
 from microfit.quantize.fixedpoint import (
     INT32_MAX,
@@ -25,6 +24,7 @@ from microfit.quantize.fixedpoint import (
     quantize_multiplier,
     requantize_to_int8,
 )
+from microfit.toolchain.host import compile_host, runtime_dir
 
 DRIVER_SRC = Path(__file__).parent / "c" / "fixedpoint_driver.c"
 SHIFTS = np.arange(-31, 31)

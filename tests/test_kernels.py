@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microfit.build.host import compile_host, runtime_dir, runtime_sources
 from microfit.codegen import layouts
 from microfit.errors import BuildError, ToolchainMissingError
 from microfit.quantize.fixedpoint import (
@@ -38,6 +37,7 @@ from microfit.quantize.fixedpoint import (
     tflite_round,
 )
 from microfit.reference import ops
+from microfit.toolchain.host import compile_host, runtime_dir, runtime_sources
 
 DRIVER_SRC = Path(__file__).parent / "c" / "kernel_driver.c"
 N_CASES = 300

@@ -18,9 +18,9 @@ import emulated_kernels as emu
 import numpy as np
 import pytest
 
-from microfit.build.host import compile_host, runtime_dir
 from microfit.errors import ToolchainMissingError
 from microfit.reference import ops
+from microfit.toolchain.host import compile_host, runtime_dir
 
 DRIVER_SRC = Path(__file__).parent / "c" / "concat_driver.c"
 N_CASES = 300

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from microfit.build.host import compile_host, runtime_dir
 from microfit.codegen.kernels import pad_fields
 from microfit.errors import ToolchainMissingError, UnsupportedOpError
 from microfit.ir.onnx_import import import_onnx
 from microfit.reference import ops
+from microfit.toolchain.host import compile_host, runtime_dir
 
 DRIVER_SRC = Path(__file__).parent / "c" / "lut_pad_driver.c"
 OP_LUT, OP_LUT_IN_PLACE, OP_PAD = 1, 2, 3

@@ -141,7 +141,7 @@ needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc mis
 @pytest.fixture(scope="module")
 def proto_host(tmp_path_factory) -> Path:
     """The device protocol + echo model compiled for the host with ASan and UBSan."""
-    from microfit.build.host import compile_host
+    from microfit.toolchain.host import compile_host
 
     common = Path(str(resources.files("microfit.firmware_templates") / "common"))
     out = tmp_path_factory.mktemp("proto_host") / "proto_host"

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microfit.build.host import compile_host, runtime_dir
 from microfit.codegen.sparse import byte_crossover, choose_fc_storage
 from microfit.quantize.fixedpoint import ROUNDING_MODES, quantize_multiplier
 from microfit.reference import ops
 from microfit.reference import sparse as sp
+from microfit.toolchain.host import compile_host, runtime_dir
 
 DRIVER_SRC = Path(__file__).parent / "c" / "sparse_driver.c"
 SPARSE_SRCS = ("sparse_fc_s8.c", "sparse_conv1x1_s8.c", "sparse_conv2d_s8.c", "sparse_block_s8.c")

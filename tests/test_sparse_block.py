@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from microfit.build.host import compile_host, runtime_dir
 from microfit.codegen import layouts
 from microfit.codegen.sparse import choose_fc_storage
 from microfit.quantize.fixedpoint import quantize_multiplier
 from microfit.reference import ops
 from microfit.reference import sparse as sp
+from microfit.toolchain.host import compile_host, runtime_dir
 
 DRIVER_SRC = __import__("pathlib").Path(__file__).parent / "c" / "sparse_block_driver.c"
 SPARSITIES = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from microfit.build.firmware import build_firmware, check_fit, format_bytes
 from microfit.emulate.qemu import QemuSession
 from microfit.errors import (
     BoardNotFoundError,
@@ -19,6 +18,7 @@ from microfit.errors import (
 )
 from microfit.target.boards import InvalidBoardFileError, MemoryRegion, list_boards, load_board
 from microfit.target.project import render_project
+from microfit.toolchain.firmware import build_firmware, check_fit, format_bytes
 
 ECHO = Path(__file__).parent / "fixtures" / "echo_model"
 QEMU_BOARDS = ("qemu-mps2-an385", "qemu-mps2-an386", "qemu-mps2-an500")

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..build.host import runtime_sources
+from ..toolchain.host import runtime_sources
 
 # An input section: " .text.name  0xADDR  0xSIZE  object" (name and the rest may
 # be split over two lines when the name is long).

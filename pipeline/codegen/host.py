@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..build.host import compile_host, runtime_dir, runtime_sources
 from ..errors import BuildError
+from ..toolchain.host import compile_host, runtime_dir, runtime_sources
 
 
 def host_main() -> Path:

@@ -37,8 +37,8 @@ def build_eembc_firmware(board: Any, model_dir: Path, out_dir: Path,
     `profile%` reports), so `make EXTRA_CFLAGS=...` in a rendered project
     does the same by hand.
     """
-    from microfit.build.firmware import require_toolchain
     from microfit.target.project import render_project
+    from microfit.toolchain.firmware import require_toolchain
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
         raise ValueError(f"model id {model_id!r} must be letters, digits, '_', '.' or '-'")

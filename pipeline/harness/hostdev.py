@@ -20,9 +20,9 @@ from importlib.resources import files
 from pathlib import Path
 from types import TracebackType
 
-from microfit.build.host import compile_host, runtime_dir, runtime_sources
 from microfit.emulate.session import stop_process
 from microfit.errors import DeviceError
+from microfit.toolchain.host import compile_host, runtime_dir, runtime_sources
 
 
 def templates_dir() -> Path:

@@ -158,13 +158,13 @@ def firmware_overhead(board_name: str, model: nn.Module, input_shape: Sequence[i
     ``[firmware] flash_bytes / ram_bytes`` or the family estimate when the
     toolchain is missing or the build does not link.
     """
-    from ..build.firmware import build_firmware
     from ..codegen.generate import generate
     from ..export.onnx_export import export_onnx
     from ..ir.onnx_import import import_onnx, nchw_to_ir
     from ..quantize.quantize import quantize
     from ..target.boards import load_board
     from ..target.project import render_project
+    from ..toolchain.firmware import build_firmware
 
     board = load_board(board_name)
     try:

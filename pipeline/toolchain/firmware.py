@@ -225,8 +225,8 @@ def _build_host(project_dir: Path, board: Board) -> BuildResult:
     Flash and RAM of a PC process mean little; they are reported from the
     ELF's read-only and writable sections so the report has the same shape.
     """
-    from microfit.build.host import find_host_compiler
     from microfit.harness.hostdev import build_host_device
+    from microfit.toolchain.host import find_host_compiler
 
     find_host_compiler()
     started = time.perf_counter()

@@ -305,7 +305,7 @@ def measure_model(generated: Path, inputs: np.ndarray, board="qemu-mps2-an386",
     ``inputs`` is int8 [N, MODEL_INPUT_SIZE]. Define MF_SINGLE_ROUNDING in
     ``defines`` for a single-rounding model.
     """
-    from microfit.build.host import runtime_dir, runtime_sources
+    from microfit.toolchain.host import runtime_dir, runtime_sources
 
     generated = Path(generated)
     inputs = np.ascontiguousarray(inputs, dtype=np.int8).reshape(len(inputs), -1)
