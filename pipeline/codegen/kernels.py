@@ -22,6 +22,13 @@ def _struct(ctype: str, var: str, fields: dict[str, int]) -> str:
     return f"        static const {ctype} {var} MF_CONST = {{{body}}};"
 
 
+def _call(ptype: str, fields: dict[str, int], *statements: str) -> str:
+    """One layer's block in model_invoke: its constant params struct ``p`` (in flash),
+    then ``statements`` (the kernel call, and whatever it needs first)."""
+    return "\n".join(["    {", _struct(ptype, "p", fields),
+                      *(f"        {s}" for s in statements), "    }"])
+
+
 def _hw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) == 4:
         return shape[1], shape[2], shape[3]
@@ -85,13 +92,9 @@ def _emit_conv_fast(em, idx: int, node: Node, p: KernelParams) -> str:
     rn = em.array("int32_t", f"{node.name}_requant",
                   layouts.pack_requant(p.multiplier, p.shift, p.output_offset, small,
                                        weights=w.data, bias=folded, mode=em.mode))
-    return "\n".join([
-        "    {",
-        _struct("mf_conv2d_params", "p", fields),
-        f"        mf_conv2d_s8_fast(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {rn}, "
-        f"{em.scratch(idx)}, {em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_conv2d_params", fields,
+                f"mf_conv2d_s8_fast(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {rn}, "
+                f"{em.scratch(idx)}, {em.ptr(node.outputs[0])});")
 
 
 def _emit_conv_avr(em, idx: int, node: Node, p: KernelParams) -> str:
@@ -108,13 +111,9 @@ def _emit_conv_avr(em, idx: int, node: Node, p: KernelParams) -> str:
     mn = em.array("int32_t", f"{node.name}_multiplier", p.multiplier)
     sn = em.array("int32_t", f"{node.name}_shift", p.shift)
     group = layouts.avr_group(w.data, fields["in_c"])
-    return "\n".join([
-        "    {",
-        _struct("mf_conv2d_params", "p", fields),
-        f"        mf_conv2d_s8_avr(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, {group}, "
-        f"{em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_conv2d_params", fields,
+                f"mf_conv2d_s8_avr(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, {group}, "
+                f"{em.ptr(node.outputs[0])});")
 
 
 def _emit_conv_like(em, node: Node, p: KernelParams, depthwise: bool) -> str:
@@ -137,13 +136,9 @@ def _emit_conv_like(em, node: Node, p: KernelParams, depthwise: bool) -> str:
                   act_min=p.act_min, act_max=p.act_max)
     wn, bn, mn, sn = _weights(em, node, p)
     kind = "depthwise_conv2d" if depthwise else "conv2d"
-    return "\n".join([
-        "    {",
-        _struct(f"mf_{kind}_params", "p", fields),
-        f"        mf_{kind}_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
-        f"{em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call(f"mf_{kind}_params", fields,
+                f"mf_{kind}_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
+                f"{em.ptr(node.outputs[0])});")
 
 
 def emit_conv(em, idx: int, node: Node, p: KernelParams) -> str:
@@ -179,13 +174,9 @@ def _emit_dwconv_fast(em, idx: int, node: Node, p: KernelParams) -> str:
                   layouts.pack_requant(p.multiplier, p.shift, p.output_offset, small,
                                        weights=w.data.reshape(-1, ic).T, bias=biases[:ic],
                                        mode=em.mode))
-    return "\n".join([
-        "    {",
-        _struct("mf_depthwise_conv2d_params", "p", fields),
-        f"        mf_depthwise_conv2d_s8_fast(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {rn}, "
-        f"{em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_depthwise_conv2d_params", fields,
+                f"mf_depthwise_conv2d_s8_fast(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {rn}, "
+                f"{em.ptr(node.outputs[0])});")
 
 
 def emit_dwconv(em, idx: int, node: Node, p: KernelParams) -> str:
@@ -205,13 +196,9 @@ def emit_fc(em, idx: int, node: Node, p: KernelParams) -> str:
     fields = dict(in_features=w[1], out_features=w[0], input_offset=p.input_offset,
                   output_offset=p.output_offset, act_min=p.act_min, act_max=p.act_max)
     wn, bn, mn, sn = _weights(em, node, p)
-    return "\n".join([
-        "    {",
-        _struct("mf_fully_connected_params", "p", fields),
-        f"        mf_fully_connected_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
-        f"{em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_fully_connected_params", fields,
+                f"mf_fully_connected_s8(&p, {em.ptr(node.inputs[0])}, {wn}, {bn}, {mn}, {sn}, "
+                f"{em.ptr(node.outputs[0])});")
 
 
 def _emit_pool(fn: str) -> Callable:
@@ -226,12 +213,8 @@ def _emit_pool(fn: str) -> Callable:
                       pad_top=a["padding"][0], pad_left=a["padding"][1])
         _check_u16(node, **fields)
         fields.update(act_min=p.act_min, act_max=p.act_max)
-        return "\n".join([
-            "    {",
-            _struct("mf_pool2d_params", "p", fields),
-            f"        {fn}(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
-            "    }",
-        ])
+        return _call("mf_pool2d_params", fields,
+                    f"{fn}(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});")
     return emit
 
 
@@ -245,26 +228,18 @@ def emit_add(em, idx: int, node: Node, p: KernelParams) -> str:
                       act_min=p.act_min, act_max=p.act_max)
         mode = "single" if em.mode == "single" else "double"
         tn = em.array("int32_t", f"{node.name}_tables", layouts.add_tables(x, mode))
-        return "\n".join([
-            "    {",
-            _struct("mf_add_params", "p", fields),
-            f"        mf_add_s8_fast(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.inputs[1])}, "
-            f"{tn}, {em.ptr(node.outputs[0])});",
-            "    }",
-        ])
+        return _call("mf_add_params", fields,
+                    f"mf_add_s8_fast(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.inputs[1])}, "
+                    f"{tn}, {em.ptr(node.outputs[0])});")
     fields = dict(size=size, input1_offset=x["input1_offset"], input2_offset=x["input2_offset"],
                   left_shift=x["left_shift"],
                   input1_multiplier=x["input1_multiplier"], input1_shift=x["input1_shift"],
                   input2_multiplier=x["input2_multiplier"], input2_shift=x["input2_shift"],
                   output_multiplier=x["output_multiplier"], output_shift=x["output_shift"],
                   output_offset=p.output_offset, act_min=p.act_min, act_max=p.act_max)
-    return "\n".join([
-        "    {",
-        _struct("mf_add_params", "p", fields),
-        f"        mf_add_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.inputs[1])}, "
-        f"{em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_add_params", fields,
+                f"mf_add_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.inputs[1])}, "
+                f"{em.ptr(node.outputs[0])});")
 
 
 def emit_softmax(em, idx: int, node: Node, p: KernelParams) -> str:
@@ -277,12 +252,8 @@ def emit_softmax(em, idx: int, node: Node, p: KernelParams) -> str:
     x = p.extra
     fields = dict(rows=rows, depth=depth, input_multiplier=x["input_multiplier"],
                   input_left_shift=x["input_left_shift"], diff_min=x["diff_min"])
-    return "\n".join([
-        "    {",
-        _struct("mf_softmax_params", "p", fields),
-        f"        mf_softmax_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_softmax_params", fields,
+                f"mf_softmax_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});")
 
 
 def emit_reshape(em, idx: int, node: Node, p: KernelParams) -> str:
@@ -305,13 +276,9 @@ def emit_concatenation(em, idx: int, node: Node, p: KernelParams) -> str:
     fields = dict(outer=outer, inner=inner, num_inputs=len(node.inputs))
     sn = em.array("int32_t", f"{node.name}_axis_sizes", np.array(sizes, np.int32))
     ptrs = ", ".join(em.ptr(i) for i in node.inputs)
-    return "\n".join([
-        "    {",
-        _struct("mf_concatenation_params", "p", fields),
-        f"        const int8_t *const in[{len(node.inputs)}] = {{{ptrs}}};",
-        f"        mf_concatenation_s8(&p, in, {sn}, {em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_concatenation_params", fields,
+                f"const int8_t *const in[{len(node.inputs)}] = {{{ptrs}}};",
+                f"mf_concatenation_s8(&p, in, {sn}, {em.ptr(node.outputs[0])});")
 
 
 def emit_slice(em, idx: int, node: Node, p: KernelParams) -> str:
@@ -322,24 +289,16 @@ def emit_slice(em, idx: int, node: Node, p: KernelParams) -> str:
     outer, inner = _outer_inner(shape, axis)
     fields = dict(outer=outer, in_axis=int(shape[axis]), begin=int(a["begin"]),
                   size=int(a["size"]), inner=inner)
-    return "\n".join([
-        "    {",
-        _struct("mf_slice_params", "p", fields),
-        f"        mf_slice_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_slice_params", fields,
+                f"mf_slice_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});")
 
 
 def emit_lut(em, idx: int, node: Node, p: KernelParams) -> str:
     """LOGISTIC / TANH: the reference's 256-entry table (exact by construction), mf_lut_s8."""
     tn = em.array("int8_t", f"{node.name}_table", p.extra["table"])
     size = em.g.tensors[node.outputs[0]].size
-    return "\n".join([
-        "    {",
-        _struct("mf_lut_params", "p", {"size": size}),
-        f"        mf_lut_s8(&p, {tn}, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_lut_params", {"size": size},
+                f"mf_lut_s8(&p, {tn}, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});")
 
 
 def pad_fields(in_shape: tuple[int, ...], paddings, fill: int) -> dict[str, int]:
@@ -360,12 +319,8 @@ def emit_pad(em, idx: int, node: Node, p: KernelParams) -> str:
     fields = pad_fields(em.g.tensors[node.inputs[0]].shape, node.attrs["paddings"],
                         p.extra["fill"])
     _check_u16(node, **{k: v for k, v in fields.items() if k != "fill"})
-    return "\n".join([
-        "    {",
-        _struct("mf_pad_params", "p", fields),
-        f"        mf_pad_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call("mf_pad_params", fields,
+                f"mf_pad_s8(&p, {em.ptr(node.inputs[0])}, {em.ptr(node.outputs[0])});")
 
 
 EMITTERS: dict[str, Callable] = {

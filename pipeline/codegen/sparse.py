@@ -238,7 +238,7 @@ def emit_sparse(em, idx: int, node, p) -> str | None:
     gives the same bytes as every dense kernel.
     """
     from . import layouts
-    from .kernels import _check_u16, _conv_geometry, _struct
+    from .kernels import _call, _check_u16, _conv_geometry
 
     choice = getattr(em, "sparse_choices", {}).get(idx)
     if choice is None or choice.format == "dense":
@@ -277,10 +277,6 @@ def emit_sparse(em, idx: int, node, p) -> str | None:
     fields.update(input_offset=p.input_offset, output_offset=p.output_offset,
                   act_min=p.act_min, act_max=p.act_max)
     em.includes.add(_HEADERS[kernel])
-    return "\n".join([
-        "    {",
-        _struct(ptype, "p", fields),
-        f"        {kernel}(&p, {em.ptr(node.inputs[0])}, {', '.join(names)}, {consts}, "
-        f"{em.ptr(node.outputs[0])});",
-        "    }",
-    ])
+    return _call(ptype, fields,
+                f"{kernel}(&p, {em.ptr(node.inputs[0])}, {', '.join(names)}, {consts}, "
+                f"{em.ptr(node.outputs[0])});")
